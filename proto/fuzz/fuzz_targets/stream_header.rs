@@ -1,0 +1,15 @@
+#![no_main]
+use bytes::Bytes;
+use ferry_proto::frame::{decode_framed, Frame};
+use ferry_proto::StreamHeader;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    // Framed and unframed: both paths take bytes straight from a peer.
+    if let Ok(frame) = decode_framed::<StreamHeader>(&mut Bytes::copy_from_slice(data)) {
+        // Whatever decodes must encode back to something that decodes the same.
+        let again = decode_framed::<StreamHeader>(&mut Bytes::from(frame.to_framed_bytes()));
+        assert_eq!(again.ok(), Some(frame));
+    }
+    let _ = StreamHeader::decode(&mut Bytes::copy_from_slice(data));
+});

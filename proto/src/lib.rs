@@ -1,0 +1,25 @@
+//! ferry's wire formats, free of I/O.
+//!
+//! Everything a peer can send us is decoded here from a `Bytes` buffer into a typed
+//! value, or rejected with a [`DecodeError`]: no socket, no clock (time comes in as an
+//! argument), no runtime. That keeps the code fuzzable (see `proto/fuzz/`) and lets the
+//! relay, the agent and the CLI share one definition of every byte.
+//!
+//! # Protocol versions
+//! - 1 (ferry 0.1): hello/reply on the first stream of a connection, a stream header
+//!   per data stream, typed error frames, Ed25519 tokens.
+
+pub mod alpn;
+pub mod codec;
+pub mod error_code;
+pub mod frame;
+pub mod label;
+pub mod token;
+
+pub use codec::DecodeError;
+pub use error_code::ErrorCode;
+pub use frame::{ErrorFrame, Hello, Reply, StreamHeader, Target};
+pub use label::{LabelError, WorkspaceLabel};
+
+/// The protocol version this build speaks, carried in every hello and stream header.
+pub const PROTOCOL_VERSION: u8 = 1;
