@@ -10,6 +10,7 @@
 //!   per data stream, typed error frames, Ed25519 tokens.
 
 pub mod alpn;
+pub mod api;
 pub mod codec;
 pub mod error_code;
 pub mod frame;

@@ -1,1 +1,23 @@
+//! What every ferry process needs to move bytes: QUIC endpoint configuration with
+//! bounded windows and stream counts, length-prefixed frame I/O over streams, splicing
+//! two byte streams with half-close preserved, dialing a relay with a hello, and a
+//! small HTTPS client for the control plane's API.
 
+pub mod control_client;
+pub mod dial;
+pub mod frame_io;
+pub mod quic;
+pub mod splice;
+
+pub use control_client::{ControlClient, ControlError};
+pub use dial::{DialError, StreamError};
+pub use frame_io::FrameError;
+pub use quic::Limits;
+
+/// Seconds since the Unix epoch, for token checks.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

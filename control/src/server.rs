@@ -1,0 +1,148 @@
+//! The control plane's HTTPS listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_certs::Usage;
+use ferry_proto::token::TokenKind;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::{State, StateError};
+
+/// How the control plane runs.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Names the HTTPS certificate covers (host names and IP addresses clients use).
+    pub names: Vec<String>,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            data_dir: PathBuf::from("ferry-data"),
+            listen: "127.0.0.1:7443".parse().expect("literal address"),
+            names: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+/// Why the control plane could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("binding {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] ferry_certs::CertError),
+}
+
+/// A bound control plane, ready to serve.
+pub struct ControlPlane {
+    state: Arc<State>,
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+}
+
+/// How long open requests may finish after shutdown begins.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+impl ControlPlane {
+    /// Loads state and binds the listener.
+    pub async fn bind(config: &ControlConfig) -> Result<ControlPlane, ServeError> {
+        let state = Arc::new(State::load_or_create(&config.data_dir)?);
+        let cert = state.ca().issue(&config.names, Usage::Server)?;
+        let tls = ferry_certs::server_config(&cert, &[b"http/1.1"])?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        Ok(ControlPlane {
+            state,
+            listener,
+            acceptor: TlsAcceptor::from(Arc::new(tls)),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has an address")
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Mints a token directly (for `ferry dev` and the bootstrap admin token).
+    pub fn mint(&self, kind: TokenKind, subject: &str, ttl_secs: u64) -> String {
+        self.state.mint(kind, subject, ttl_secs).0
+    }
+
+    /// Serves until `cancel` fires, then drains open connections for a short grace.
+    pub async fn serve(self, cancel: CancellationToken) {
+        let router = crate::api::router(self.state.clone());
+        let mut connections = JoinSet::new();
+        tracing::info!(addr = %self.local_addr(), "control plane API listening");
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = self.listener.accept() => {
+                    let (tcp, peer) = match accepted {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let acceptor = self.acceptor.clone();
+                    let service = TowerToHyperService::new(router.clone());
+                    let cancel = cancel.clone();
+                    connections.spawn(async move {
+                        let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                            tracing::debug!(%peer, "TLS handshake failed");
+                            return;
+                        };
+                        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                        let conn = builder.serve_connection(TokioIo::new(tls), service);
+                        tokio::pin!(conn);
+                        tokio::select! {
+                            res = conn.as_mut() => {
+                                if let Err(e) = res { tracing::debug!(%peer, error = %e, "connection ended"); }
+                            }
+                            _ = cancel.cancelled() => {
+                                conn.as_mut().graceful_shutdown();
+                                let _ = conn.await;
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        connections.shutdown().await;
+        tracing::info!("control plane stopped");
+    }
+}

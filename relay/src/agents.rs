@@ -1,0 +1,44 @@
+//! Connected agents, by workspace: the table every client stream is routed through.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use dashmap::DashMap;
+use ferry_proto::WorkspaceLabel;
+
+/// One agent's connection.
+#[derive(Clone)]
+pub struct AgentLink {
+    pub conn: quinn::Connection,
+    /// Tells this link apart from a newer one for the same workspace.
+    pub id: u64,
+}
+
+/// The agents connected to this relay.
+#[derive(Default)]
+pub struct AgentTable {
+    links: DashMap<WorkspaceLabel, AgentLink>,
+    next_id: AtomicU64,
+}
+
+impl AgentTable {
+    /// Adds an agent; a newer connection for the same workspace replaces the older one,
+    /// which is returned so the caller can close it.
+    pub fn insert(&self, label: WorkspaceLabel, conn: quinn::Connection) -> (u64, Option<AgentLink>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let old = self.links.insert(label, AgentLink { conn, id });
+        (id, old)
+    }
+
+    /// Removes the agent only if it is still the link `id` (not a newer one).
+    pub fn remove(&self, label: &WorkspaceLabel, id: u64) -> bool {
+        self.links.remove_if(label, |_, link| link.id == id).is_some()
+    }
+
+    pub fn get(&self, label: &WorkspaceLabel) -> Option<AgentLink> {
+        self.links.get(label).map(|l| l.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+}

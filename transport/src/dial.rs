@@ -1,0 +1,134 @@
+//! The dialing side of ferry's QUIC protocol: connect, say hello with a token, open
+//! data streams with a header, and read the relay's typed answer to each.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ferry_proto::{ErrorCode, ErrorFrame, Hello, Reply, StreamHeader};
+use quinn::{Connection, Endpoint, RecvStream, SendStream};
+
+use crate::frame_io::{read_frame, write_frame, FrameError};
+
+/// How long a peer may take to answer a hello or a stream header.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection to a relay could not be established.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DialError {
+    #[error("cannot start a connection to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectError,
+    },
+    #[error("connection to {addr} failed: {source}")]
+    Connection {
+        addr: SocketAddr,
+        #[source]
+        source: quinn::ConnectionError,
+    },
+    #[error("relay {addr} did not answer the hello: {source}")]
+    Hello {
+        addr: SocketAddr,
+        #[source]
+        source: FrameError,
+    },
+    #[error("relay {addr} did not answer the hello within {REPLY_TIMEOUT:?}")]
+    Timeout { addr: SocketAddr },
+    /// The relay refused us, with its reason.
+    #[error("relay {addr} refused the connection: {frame}")]
+    Refused { addr: SocketAddr, frame: ErrorFrame },
+}
+
+impl DialError {
+    /// The relay's error code, when it gave one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            DialError::Refused { frame, .. } => Some(frame.code),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated connection to a relay, with its control stream (the first bi-stream,
+/// which carried the hello and stays open for the relay's notices).
+pub struct Session {
+    pub conn: Connection,
+    pub control: (SendStream, RecvStream),
+}
+
+/// Connects to a relay and authenticates with `token`.
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    server_name: &str,
+    token: &str,
+) -> Result<Session, DialError> {
+    let connecting = endpoint
+        .connect(addr, server_name)
+        .map_err(|source| DialError::Connect { addr, source })?;
+    let conn = connecting
+        .await
+        .map_err(|source| DialError::Connection { addr, source })?;
+    let hello = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(std::io::Error::from)?;
+        write_frame(&mut send, &Hello { token: token.to_string() }).await?;
+        let reply: Reply = read_frame(&mut recv).await?;
+        Ok::<_, FrameError>((reply, send, recv))
+    };
+    let (reply, send, recv) = tokio::time::timeout(REPLY_TIMEOUT, hello)
+        .await
+        .map_err(|_| DialError::Timeout { addr })?
+        .map_err(|source| DialError::Hello { addr, source })?;
+    match reply {
+        Reply::Ok => Ok(Session {
+            conn,
+            control: (send, recv),
+        }),
+        Reply::Error(frame) => Err(DialError::Refused { addr, frame }),
+    }
+}
+
+/// Why a data stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    #[error("connection lost: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    #[error("stream failed before it was set up: {0}")]
+    Frame(#[from] FrameError),
+    #[error("no answer to the stream header within {REPLY_TIMEOUT:?}")]
+    Timeout,
+    /// The far end refused the stream, with its reason.
+    #[error("{0}")]
+    Refused(ErrorFrame),
+}
+
+impl StreamError {
+    /// The far end's error code, when it gave one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            StreamError::Refused(frame) => Some(frame.code),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a data stream, sends its header and waits for the answer.
+pub async fn open_stream(
+    conn: &Connection,
+    header: &StreamHeader,
+) -> Result<(SendStream, RecvStream), StreamError> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, header)
+        .await
+        .map_err(FrameError::from)?;
+    let reply: Reply = tokio::time::timeout(REPLY_TIMEOUT, read_frame(&mut recv))
+        .await
+        .map_err(|_| StreamError::Timeout)??;
+    match reply {
+        Reply::Ok => Ok((send, recv)),
+        Reply::Error(frame) => Err(StreamError::Refused(frame)),
+    }
+}

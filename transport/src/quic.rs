@@ -1,0 +1,126 @@
+//! QUIC endpoint and transport configuration.
+//!
+//! quinn's defaults let a peer open many streams and grow the connection receive
+//! window without bound; a relay holding thousands of agents must cap both, so every
+//! endpoint here is built from explicit [`Limits`].
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, TransportConfig, VarInt};
+
+/// Per-connection resource limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Concurrent bi-streams the peer may open towards us.
+    pub max_incoming_streams: u32,
+    /// Bytes the peer may have in flight to us across all streams of a connection.
+    pub connection_receive_window: u32,
+    /// Bytes the peer may have in flight to us on one stream.
+    pub stream_receive_window: u32,
+    /// Bytes we may have in flight to the peer (sender-side buffering).
+    pub send_window: u64,
+    /// A connection silent for this long is closed.
+    pub idle_timeout: Duration,
+    /// We send a keep-alive this often, so that NATs keep the path open.
+    pub keep_alive: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_incoming_streams: 1024,
+            // Large enough for multi-gigabit transfers on a low-RTT path (window/RTT),
+            // small enough that a slow reader cannot make us buffer without bound.
+            connection_receive_window: 16 * 1024 * 1024,
+            stream_receive_window: 4 * 1024 * 1024,
+            send_window: 16 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Limits {
+    /// Builds quinn's transport configuration from these limits.
+    pub fn transport_config(&self) -> TransportConfig {
+        let mut t = TransportConfig::default();
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_incoming_streams));
+        t.max_concurrent_uni_streams(VarInt::from_u32(0));
+        t.receive_window(VarInt::from_u32(self.connection_receive_window));
+        t.stream_receive_window(VarInt::from_u32(self.stream_receive_window));
+        t.send_window(self.send_window);
+        t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
+        t.keep_alive_interval(Some(self.keep_alive));
+        t
+    }
+}
+
+/// Why an endpoint could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EndpointError {
+    #[error("binding UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS configuration is not usable for QUIC: {0}")]
+    Tls(String),
+}
+
+/// A server endpoint on an already bound UDP socket (bound first so that a relay
+/// knows its port before it asks the control plane for a certificate). The endpoint
+/// also dials out, e.g. for the mesh, from the same socket.
+pub fn server_endpoint(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let addr = socket
+        .local_addr()
+        .map_err(|source| EndpointError::Bind { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(limits.transport_config()));
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// A client-only endpoint on an ephemeral port of the right address family.
+pub fn client_endpoint(
+    peer: SocketAddr,
+    tls: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let bind: SocketAddr = if peer.is_ipv6() {
+        "[::]:0".parse().expect("literal address")
+    } else {
+        "0.0.0.0:0".parse().expect("literal address")
+    };
+    let mut endpoint =
+        quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    endpoint.set_default_client_config(client_config(tls, limits)?);
+    Ok(endpoint)
+}
+
+/// quinn's client configuration from a rustls one.
+pub fn client_config(
+    tls: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<quinn::ClientConfig, EndpointError> {
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(limits.transport_config()));
+    Ok(config)
+}
