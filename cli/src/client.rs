@@ -1,0 +1,84 @@
+//! The client side of reaching a workspace: find the relay its agent is on, connect
+//! with the user's token, open streams.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use ferry_proto::api::RouteResponse;
+use ferry_proto::{alpn, StreamHeader, Target, WorkspaceLabel};
+use ferry_transport::dial::{self, Session};
+use ferry_transport::{ControlClient, ControlError, Limits};
+use quinn::{RecvStream, SendStream};
+
+use crate::config::ClientSettings;
+
+/// A connection to the relay serving one workspace.
+pub struct WorkspaceConnection {
+    pub workspace: WorkspaceLabel,
+    pub relay: String,
+    endpoint: quinn::Endpoint,
+    session: Session,
+}
+
+impl WorkspaceConnection {
+    /// Finds the workspace's relay and connects to it.
+    pub async fn connect(settings: &ClientSettings, workspace: &str) -> Result<WorkspaceConnection> {
+        let workspace = WorkspaceLabel::resolve(workspace, &settings.user)
+            .map_err(|e| anyhow!("`{workspace}` is not a workspace name: {e}"))?;
+        let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
+        let route: RouteResponse = control
+            .get(&format!("/api/v1/workspaces/{workspace}/route"), Some(&settings.token))
+            .await
+            .map_err(|e| match e {
+                ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
+                other => anyhow!(other),
+            })?;
+        let addr: SocketAddr = route
+            .relay
+            .quic_addr
+            .parse()
+            .with_context(|| format!("relay {} has a bad address", route.relay.name))?;
+        let tls = ferry_certs::client_config(&settings.ca_pem, &[alpn::CLIENT])?;
+        let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Limits::default())?;
+        let session = dial::connect(&endpoint, addr, &route.relay.server_name, &settings.token)
+            .await
+            .with_context(|| format!("connecting to relay {} for workspace `{workspace}`", route.relay.name))?;
+        Ok(WorkspaceConnection {
+            workspace,
+            relay: route.relay.name,
+            endpoint,
+            session,
+        })
+    }
+
+    /// Opens a stream to `target` in the workspace.
+    pub async fn open(&self, target: Target) -> Result<(SendStream, RecvStream)> {
+        let header = StreamHeader::new(self.workspace.clone(), target);
+        dial::open_stream(&self.session.conn, &header)
+            .await
+            .map_err(|e| anyhow!("workspace `{}`, {target}: {e}", self.workspace))
+    }
+
+    /// Whether the connection has ended.
+    pub fn is_closed(&self) -> bool {
+        self.session.conn.close_reason().is_some()
+    }
+
+    /// Closes the connection and lets the close reach the relay.
+    pub async fn close(self) {
+        self.session.conn.close(0u32.into(), b"done");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// Parses a target: a port number, or `ssh`.
+pub fn parse_target(s: &str) -> Result<Target> {
+    if s == "ssh" {
+        return Ok(Target::Ssh);
+    }
+    match s.parse::<u16>() {
+        Ok(0) | Err(_) => bail!("`{s}` is not a port (1-65535) or `ssh`"),
+        Ok(p) => Ok(Target::Port(p)),
+    }
+}

@@ -1,0 +1,191 @@
+//! `ferry dev`: a whole ferry network on this machine, in one process: the control
+//! plane, relays in simulated regions, and a demo workspace with its agent. It writes
+//! the CLI's config so `ferry tcp demo ...` and `ferry port-forward demo ...` work from
+//! another shell. Ctrl-C stops every part through one cancellation token.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferry_agent::{Agent, AgentConfig, AgentStatus};
+use ferry_control::{ControlConfig, ControlPlane};
+use ferry_proto::token::TokenKind;
+use ferry_relay::{Relay, RelayConfig};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cmd_servers::{write_ready_file, write_secret};
+use crate::config::{self, CliConfig};
+use crate::demo;
+
+/// The built-in user of a dev network.
+const DEV_USER: &str = "dev";
+const DEMO_WORKSPACE: &str = "demo";
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the dev network keeps its CA, keys and tokens
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Control plane port (0: any free port)
+    #[arg(long, default_value_t = 7443)]
+    pub control_port: u16,
+    /// Regions to simulate, comma-separated
+    #[arg(long, value_delimiter = ',', default_value = "eu,us")]
+    pub regions: Vec<String>,
+    /// Relays in each region
+    #[arg(long, default_value_t = 1)]
+    pub relays_per_region: u16,
+    /// Port of the demo echo service (a free one if taken)
+    #[arg(long, default_value_t = 7007)]
+    pub echo_port: u16,
+    /// Port of the demo HTTP app (a free one if taken)
+    #[arg(long, default_value_t = 7080)]
+    pub http_port: u16,
+    /// Do not write the CLI config (~/.config/ferry/config.toml or $FERRY_CONFIG)
+    #[arg(long)]
+    pub no_config: bool,
+    /// Write a JSON file describing the network once it is up
+    #[arg(long, hide = true)]
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
+    if args.regions.is_empty() || args.relays_per_region == 0 {
+        bail!("a dev network needs at least one region with one relay");
+    }
+    for region in &args.regions {
+        ferry_proto::label::validate_name(region).with_context(|| format!("region `{region}`"))?;
+    }
+    let data_dir = args.data_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("HOME")
+            .map(|h| PathBuf::from(h).join(".local/share/ferry/dev"))
+            .unwrap_or_else(|| PathBuf::from("ferry-dev"))
+    });
+    let mut tasks = JoinSet::new();
+
+    let plane = ControlPlane::bind(&ControlConfig {
+        data_dir: data_dir.clone(),
+        listen: ([127, 0, 0, 1], args.control_port).into(),
+        names: vec!["127.0.0.1".into(), "localhost".into()],
+    })
+    .await
+    .context("starting the control plane (is another `ferry dev` running? try --control-port 0)")?;
+    let control_url = format!("https://127.0.0.1:{}", plane.local_addr().port());
+    let ca_pem = plane.state().ca().cert_pem().to_string();
+    let ca_file = ferry_certs::Ca::cert_path(&data_dir);
+    let user_token = plane.mint(TokenKind::User, DEV_USER, 30 * 24 * 3600);
+    let admin_token = plane.mint(TokenKind::Admin, "admin", 30 * 24 * 3600);
+    write_secret(&data_dir.join("admin.token"), &admin_token)?;
+    let workspace = ferry_proto::WorkspaceLabel::new(DEMO_WORKSPACE, DEV_USER)?;
+    let agent_token = plane.mint(TokenKind::Agent, workspace.as_str(), 365 * 24 * 3600);
+    let mut relay_tokens = Vec::new();
+    for region in &args.regions {
+        for i in 1..=args.relays_per_region {
+            let name = format!("{region}-{i}");
+            relay_tokens.push((region.clone(), name.clone(), plane.mint(TokenKind::Relay, &name, 365 * 24 * 3600)));
+        }
+    }
+    tasks.spawn(plane.serve(cancel.clone()));
+
+    let mut relays = Vec::new();
+    for (region, name, token) in relay_tokens {
+        let relay = Relay::start(
+            RelayConfig {
+                name: name.clone(),
+                region: region.clone(),
+                listen: "127.0.0.1:0".parse().expect("literal address"),
+                advertise: None,
+                names: vec!["127.0.0.1".into(), "localhost".into()],
+                control_url: control_url.clone(),
+                ca_pem: ca_pem.clone(),
+                token,
+                limits: Default::default(),
+            },
+            cancel.clone(),
+        )
+        .await
+        .with_context(|| format!("starting relay {name}"))?;
+        relays.push(serde_json::json!({ "name": name, "region": region, "addr": relay.local_addr().to_string() }));
+        tasks.spawn(relay.run());
+    }
+
+    let echo = demo::bind_preferred(args.echo_port).await?;
+    let http = demo::bind_preferred(args.http_port).await?;
+    let (echo_port, http_port) = (demo::port_of(&echo), demo::port_of(&http));
+    tasks.spawn(demo::echo_server(echo, cancel.clone()));
+    tasks.spawn(demo::http_app(http, workspace.to_string(), cancel.clone()));
+
+    let mut agent_config = AgentConfig::new(control_url.clone(), ca_pem.clone(), agent_token);
+    agent_config.region = args.regions.first().cloned();
+    let agent = Agent::new(agent_config)?;
+    let mut status = agent.status();
+    let agent_cancel = cancel.clone();
+    tasks.spawn(async move {
+        if let Err(e) = agent.run(agent_cancel).await {
+            tracing::error!(error = %e, "demo agent stopped");
+        }
+    });
+    let connected = tokio::time::timeout(
+        Duration::from_secs(15),
+        status.wait_for(|s| matches!(s, AgentStatus::Connected { .. })),
+    )
+    .await;
+    let agent_relay = match connected {
+        Ok(Ok(s)) => match &*s {
+            AgentStatus::Connected { relay } => relay.clone(),
+            _ => String::new(),
+        },
+        _ => {
+            cancel.cancel();
+            while tasks.join_next().await.is_some() {}
+            bail!("the demo agent did not connect within 15s");
+        }
+    };
+
+    let config_path = config::default_path();
+    if !args.no_config {
+        CliConfig {
+            control_url: Some(control_url.clone()),
+            ca_file: Some(ca_file.clone()),
+            token: Some(user_token),
+        }
+        .save(&config_path)?;
+    }
+
+    println!("ferry dev network is up.\n");
+    println!("  control plane  {control_url}   (data in {})", data_dir.display());
+    for r in &relays {
+        println!("  relay {:<8} region {:<6} quic://{}", r["name"].as_str().unwrap_or(""), r["region"].as_str().unwrap_or(""), r["addr"].as_str().unwrap_or(""));
+    }
+    println!("  workspace      {workspace}  (agent on relay {agent_relay})");
+    println!("    echo service 127.0.0.1:{echo_port}");
+    println!("    http app     127.0.0.1:{http_port}");
+    if args.no_config {
+        println!("\n  CLI config not written (--no-config).");
+    } else {
+        println!("\n  CLI config written to {} (user `{DEV_USER}`).", config_path.display());
+    }
+    println!("\nTry, in another shell:");
+    println!("  echo hello | ferry tcp {DEMO_WORKSPACE} {echo_port}");
+    println!("  ferry port-forward {DEMO_WORKSPACE} 8080:{http_port}   # then: curl http://127.0.0.1:8080/");
+    println!("\nCtrl-C stops everything.");
+    if let Some(path) = &args.ready_file {
+        write_ready_file(
+            path,
+            &serde_json::json!({
+                "control_url": control_url,
+                "ca_file": ca_file,
+                "workspace": workspace.to_string(),
+                "echo_port": echo_port,
+                "http_port": http_port,
+                "relays": relays,
+            }),
+        )?;
+    }
+
+    cancel.cancelled().await;
+    println!("stopping...");
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The long-running roles: `ferry control`, `ferry relay`, `ferry agent`, and
+//! `ferry token` for minting tokens with the operator's admin token.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use ferry_agent::{Agent, AgentConfig, PortPolicy};
+use ferry_control::{ControlConfig, ControlPlane};
+use ferry_proto::api::{MintTokenRequest, MintTokenResponse};
+use ferry_proto::token::TokenKind;
+use ferry_relay::{Relay, RelayConfig, RelayError};
+use ferry_transport::{ControlClient, ControlError};
+use tokio_util::sync::CancellationToken;
+
+fn default_data_dir(role: &str) -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("ferry")
+        .join(role)
+}
+
+/// Writes `value` as JSON to `path` atomically (write, then rename), so a reader
+/// polling for the file never sees half of it.
+pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// Where the CA, the signing key and the admin token are kept
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTPS address for the API
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7443")]
+    pub listen: SocketAddr,
+    /// Host names and IPs the API certificate covers (repeatable)
+    #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+    pub names: Vec<String>,
+    /// Write a JSON file with the URL and file paths once listening
+    #[arg(long, hide = true)]
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()> {
+    let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("control"));
+    let config = ControlConfig {
+        data_dir: data_dir.clone(),
+        listen: args.listen,
+        names: args.names.clone(),
+    };
+    let plane = ControlPlane::bind(&config).await?;
+    let addr = plane.local_addr();
+    let admin = plane.mint(TokenKind::Admin, "admin", 30 * 24 * 3600);
+    let admin_file = data_dir.join("admin.token");
+    write_secret(&admin_file, &admin)?;
+    let url = format!("https://{}:{}", args.names.first().map(String::as_str).unwrap_or("127.0.0.1"), addr.port());
+    let ca_file = ferry_certs::Ca::cert_path(&data_dir);
+    println!("control plane: {url}");
+    println!("  CA certificate: {}", ca_file.display());
+    println!("  admin token:    {} (mint tokens with `ferry token`)", admin_file.display());
+    if let Some(path) = &args.ready_file {
+        write_ready_file(
+            path,
+            &serde_json::json!({ "url": url, "ca_file": ca_file, "admin_token_file": admin_file }),
+        )?;
+    }
+    plane.serve(cancel).await;
+    Ok(())
+}
+
+pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+        .open(path)
+        .and_then(|mut f| f.write_all(secret.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_ca(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading CA certificate {}", path.display()))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RelayArgs {
+    /// Relay name, unique in the network (the subject of its relay token)
+    #[arg(long, env = "FERRY_RELAY_NAME")]
+    pub name: String,
+    /// Region this relay serves
+    #[arg(long, env = "FERRY_REGION")]
+    pub region: String,
+    /// UDP address for QUIC
+    #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:4433")]
+    pub listen: SocketAddr,
+    /// Address announced to agents and clients [default: the bound address]
+    #[arg(long)]
+    pub advertise: Option<SocketAddr>,
+    /// Names for the relay's certificate (repeatable; the first is its TLS name)
+    #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
+    pub cert_names: Vec<String>,
+    /// Control plane URL
+    #[arg(long = "control", env = "FERRY_CONTROL_URL")]
+    pub control_url: String,
+    /// CA certificate (PEM)
+    #[arg(long = "ca", env = "FERRY_CA")]
+    pub ca_file: PathBuf,
+    /// Relay token
+    #[arg(long, env = "FERRY_RELAY_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Write a JSON file with the bound address once listening
+    #[arg(long, hide = true)]
+    pub ready_file: Option<PathBuf>,
+}
+
+pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
+    let config = RelayConfig {
+        name: args.name.clone(),
+        region: args.region.clone(),
+        listen: args.listen,
+        advertise: args.advertise,
+        names: args.cert_names.clone(),
+        control_url: args.control_url.clone(),
+        ca_pem: read_ca(&args.ca_file)?,
+        token: args.token.clone(),
+        limits: Default::default(),
+    };
+    // The control plane may start after us: wait for it, but fail at once on a refusal.
+    let mut delay = Duration::from_millis(200);
+    let relay = loop {
+        match Relay::start(config.clone(), cancel.clone()).await {
+            Ok(relay) => break relay,
+            Err(RelayError::Register(e)) if e.is_unreachable() => {
+                tracing::warn!(error = %e, "control plane unreachable; retrying");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e).context("starting the relay"),
+        }
+    };
+    if let Some(path) = &args.ready_file {
+        write_ready_file(path, &serde_json::json!({ "addr": relay.local_addr().to_string() }))?;
+    }
+    relay.run().await;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Control plane URL
+    #[arg(long = "control", env = "FERRY_CONTROL_URL")]
+    pub control_url: String,
+    /// CA certificate (PEM)
+    #[arg(long = "ca", env = "FERRY_CA")]
+    pub ca_file: PathBuf,
+    /// Agent token (names the workspace)
+    #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Preferred region
+    #[arg(long, env = "FERRY_REGION")]
+    pub region: Option<String>,
+    /// Only let streams reach these loopback ports (repeatable) [default: any]
+    #[arg(long = "allow-port")]
+    pub allow_ports: Vec<u16>,
+    /// The workspace's SSH server
+    #[arg(long, default_value = "127.0.0.1:22")]
+    pub ssh_target: SocketAddr,
+}
+
+pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
+    let mut config = AgentConfig::new(args.control_url, read_ca(&args.ca_file)?, args.token);
+    config.region = args.region;
+    config.ssh_target = args.ssh_target;
+    if !args.allow_ports.is_empty() {
+        config.ports = PortPolicy::Only(args.allow_ports);
+    }
+    let agent = Agent::new(config)?;
+    tracing::info!(workspace = %agent.workspace(), "agent starting");
+    agent.run(cancel).await?;
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// Token kind: user, agent, relay or admin
+    #[arg(long, value_parser = parse_kind)]
+    pub kind: TokenKind,
+    /// User name (user), NAME--OWNER (agent), or relay name (relay)
+    #[arg(long)]
+    pub subject: String,
+    /// Lifetime in seconds [default: per kind]
+    #[arg(long)]
+    pub ttl_secs: Option<u64>,
+    /// Control plane URL
+    #[arg(long = "control", env = "FERRY_CONTROL_URL")]
+    pub control_url: String,
+    /// CA certificate (PEM)
+    #[arg(long = "ca", env = "FERRY_CA")]
+    pub ca_file: PathBuf,
+    /// Admin token (or a file holding it with @PATH)
+    #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: String,
+}
+
+fn parse_kind(s: &str) -> Result<TokenKind, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("`{s}` is not a token kind (user, agent, relay, admin)"))
+}
+
+pub async fn token(args: TokenArgs) -> Result<()> {
+    let admin = match args.admin_token.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?.trim().to_string(),
+        None => args.admin_token.clone(),
+    };
+    let control = ControlClient::new(&args.control_url, &read_ca(&args.ca_file)?)?;
+    let resp: MintTokenResponse = control
+        .post(
+            "/api/v1/tokens",
+            Some(&admin),
+            &MintTokenRequest {
+                kind: args.kind,
+                subject: args.subject,
+                ttl_secs: args.ttl_secs,
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            ControlError::Api { code, message, .. } => anyhow::anyhow!("{message} ({code})"),
+            other => other.into(),
+        })?;
+    if resp.token.is_empty() {
+        bail!("the control plane returned an empty token");
+    }
+    println!("{}", resp.token);
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! `ferry tcp WORKSPACE PORT`: standard input and output to a port in the workspace,
+//! like `nc` (and usable as SSH's ProxyCommand).
+
+use anyhow::Result;
+
+use crate::client::{parse_target, WorkspaceConnection};
+use crate::config::ClientArgs;
+
+#[derive(Debug, clap::Args)]
+pub struct TcpArgs {
+    /// Workspace name (yours) or NAME--OWNER
+    pub workspace: String,
+    /// Port inside the workspace, or `ssh`
+    pub port: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// Returns when the workspace side has finished sending.
+pub async fn run(args: TcpArgs) -> Result<()> {
+    let target = parse_target(&args.port)?;
+    let settings = args.client.settings()?;
+    let conn = WorkspaceConnection::connect(&settings, &args.workspace).await?;
+    let (send, recv) = conn.open(target).await?;
+    let upload = ferry_transport::splice::reader_to_quic(tokio::io::stdin(), send);
+    let download = ferry_transport::splice::quic_to_writer(recv, tokio::io::stdout());
+    tokio::pin!(upload, download);
+    // Our input ending only half-closes the stream: keep reading the answer until the
+    // far side is done too. The far side finishing first ends the command.
+    tokio::select! {
+        _ = &mut download => {}
+        _ = &mut upload => { download.await; }
+    }
+    conn.close().await;
+    Ok(())
+}

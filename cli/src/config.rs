@@ -1,0 +1,109 @@
+//! The CLI's own configuration: where the control plane is, which CA to trust, and the
+//! user's token. Read from `$FERRY_CONFIG` or `~/.config/ferry/config.toml`, then
+//! overridden by environment variables and flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CliConfig {
+    /// `https://HOST:PORT` of the control plane.
+    pub control_url: Option<String>,
+    /// PEM file of the CA that ferry's certificates chain to.
+    pub ca_file: Option<PathBuf>,
+    /// A user token.
+    pub token: Option<String>,
+}
+
+/// Where the config lives.
+pub fn default_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_CONFIG") {
+        return PathBuf::from(p);
+    }
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("ferry").join("config.toml")
+}
+
+impl CliConfig {
+    pub fn load(path: &Path) -> Result<CliConfig> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CliConfig::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let text = toml::to_string(self).context("encoding the config")?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        use std::io::Write;
+        options
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// Connection settings after config, environment and flags are merged.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub control_url: String,
+    pub ca_pem: String,
+    pub token: String,
+    /// The user the token names (for resolving short workspace names).
+    pub user: String,
+}
+
+/// Flags every client command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// Control plane URL [default: from the config file]
+    #[arg(long = "control", env = "FERRY_CONTROL_URL", global = true)]
+    pub control_url: Option<String>,
+    /// CA certificate (PEM) to trust [default: from the config file]
+    #[arg(long = "ca", env = "FERRY_CA", global = true)]
+    pub ca_file: Option<PathBuf>,
+    /// User token [default: from the config file]
+    #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn settings(&self) -> Result<ClientSettings> {
+        let path = default_path();
+        let file = CliConfig::load(&path)?;
+        let hint = "run `ferry dev` (which writes it) or pass --control, --ca and --token";
+        let Some(control_url) = self.control_url.clone().or(file.control_url) else {
+            bail!("no control plane configured in {}: {hint}", path.display());
+        };
+        let Some(ca_file) = self.ca_file.clone().or(file.ca_file) else {
+            bail!("no CA certificate configured in {}: {hint}", path.display());
+        };
+        let Some(token) = self.token.clone().or(file.token) else {
+            bail!("not logged in (no token in {}): {hint}", path.display());
+        };
+        let ca_pem = std::fs::read_to_string(&ca_file)
+            .with_context(|| format!("reading CA certificate {}", ca_file.display()))?;
+        let Some(claims) = ferry_proto::token::peek_claims(&token) else {
+            bail!("the configured token is not a ferry token; log in again");
+        };
+        Ok(ClientSettings {
+            control_url,
+            ca_pem,
+            token,
+            user: claims.sub,
+        })
+    }
+}
