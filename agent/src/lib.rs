@@ -50,7 +50,7 @@ impl AgentConfig {
             region: None,
             ports: PortPolicy::AnyLoopback,
             ssh_target: "127.0.0.1:22".parse().expect("literal address"),
-            limits: Limits::default(),
+            limits: Limits::agent(),
             backoff: Backoff::default(),
         }
     }
@@ -118,7 +118,13 @@ impl Agent {
         let mut attempt = 0u32;
         let result = loop {
             let outcome = self
-                .connect_and_serve(&control, &mut endpoints, &mut relay_cache, &cancel, &mut attempt)
+                .connect_and_serve(
+                    &control,
+                    &mut endpoints,
+                    &mut relay_cache,
+                    &cancel,
+                    &mut attempt,
+                )
                 .await;
             if cancel.is_cancelled() {
                 break Ok(());
@@ -130,7 +136,8 @@ impl Agent {
             attempt = attempt.saturating_add(1);
             let delay = self.config.backoff.delay(attempt);
             tracing::info!(workspace = %self.workspace, attempt, ?delay, reason = %error, "reconnecting after backoff");
-            self.status.send_replace(AgentStatus::Backoff { attempt, error });
+            self.status
+                .send_replace(AgentStatus::Backoff { attempt, error });
             tokio::select! {
                 _ = cancel.cancelled() => break Ok(()),
                 _ = tokio::time::sleep(delay) => {}
@@ -169,7 +176,12 @@ impl Agent {
         };
         let addr: SocketAddr = match relay.quic_addr.parse() {
             Ok(a) => a,
-            Err(_) => return Ok(format!("relay {} has a bad address {}", relay.name, relay.quic_addr)),
+            Err(_) => {
+                return Ok(format!(
+                    "relay {} has a bad address {}",
+                    relay.name, relay.quic_addr
+                ))
+            }
         };
         let ep = match endpoint {
             Some((v6, ep)) if *v6 == addr.is_ipv6() => ep.clone(),
@@ -190,7 +202,10 @@ impl Agent {
         let session = match session {
             Ok(s) => s,
             Err(DialError::Refused { frame, .. })
-                if matches!(frame.code, ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::WrongTokenKind) =>
+                if matches!(
+                    frame.code,
+                    ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::WrongTokenKind
+                ) =>
             {
                 return Err(AgentError::Refused(frame));
             }

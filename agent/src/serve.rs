@@ -9,6 +9,7 @@ use ferry_transport::frame_io::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
 use tokio::net::TcpStream;
 
+/// Shorter than the relay's wait for our answer, so the relay hears our reason.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -43,19 +44,33 @@ pub async fn serve_stream(
     send: SendStream,
     mut recv: RecvStream,
 ) {
-    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            return refuse(send, ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"))).await
-        }
-        Err(_) => return refuse(send, ErrorFrame::new(ErrorCode::Protocol, "no stream header")).await,
-    };
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                return refuse(
+                    send,
+                    ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}")),
+                )
+                .await
+            }
+            Err(_) => {
+                return refuse(
+                    send,
+                    ErrorFrame::new(ErrorCode::Protocol, "no stream header"),
+                )
+                .await
+            }
+        };
     if header.workspace != workspace {
         // A relay bug, not a user error: never serve another workspace's stream.
         tracing::error!(got = %header.workspace, "relay sent a stream for another workspace");
         let frame = ErrorFrame::new(
             ErrorCode::UnknownWorkspace,
-            format!("workspace `{}` does not exist or is not yours", header.workspace),
+            format!(
+                "workspace `{}` does not exist or is not yours",
+                header.workspace
+            ),
         );
         return refuse(send, frame).await;
     }
@@ -75,7 +90,10 @@ pub async fn serve_stream(
         Ok(Err(e)) => {
             let frame = ErrorFrame::new(
                 ErrorCode::TargetUnreachable,
-                format!("nothing answers on {} in workspace `{workspace}` ({addr}: {e})", header.target),
+                format!(
+                    "nothing answers on {} in workspace `{workspace}` ({addr}: {e})",
+                    header.target
+                ),
             );
             return refuse(send, frame).await;
         }

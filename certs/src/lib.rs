@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -204,14 +204,18 @@ pub fn parse_certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, CertError>
         .filter_map(Result::ok)
         .collect();
     if certs.is_empty() {
-        return Err(CertError::Pem { what: "certificate" });
+        return Err(CertError::Pem {
+            what: "certificate",
+        });
     }
     Ok(certs)
 }
 
 /// Parses the first private key in a PEM document.
 pub fn parse_key(pem: &str) -> Result<PrivateKeyDer<'static>, CertError> {
-    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| CertError::Pem { what: "private key" })
+    PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| CertError::Pem {
+        what: "private key",
+    })
 }
 
 /// Reads a PEM file.
@@ -264,7 +268,9 @@ mod tests {
             .unwrap();
         // Verify the leaf against the saved CA with rustls' own verifier.
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(parse_certs(first.cert_pem()).unwrap().remove(0)).unwrap();
+        roots
+            .add(parse_certs(first.cert_pem()).unwrap().remove(0))
+            .unwrap();
         let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
             Arc::new(roots),
             provider(),
@@ -280,7 +286,9 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let wrong = rustls::pki_types::ServerName::try_from("other.test").unwrap();
-        assert!(verifier.verify_server_cert(&chain[0], &[], &wrong, &[], now).is_err());
+        assert!(verifier
+            .verify_server_cert(&chain[0], &[], &wrong, &[], now)
+            .is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -23,12 +23,18 @@ pub struct WorkspaceConnection {
 
 impl WorkspaceConnection {
     /// Finds the workspace's relay and connects to it.
-    pub async fn connect(settings: &ClientSettings, workspace: &str) -> Result<WorkspaceConnection> {
+    pub async fn connect(
+        settings: &ClientSettings,
+        workspace: &str,
+    ) -> Result<WorkspaceConnection> {
         let workspace = WorkspaceLabel::resolve(workspace, &settings.user)
             .map_err(|e| anyhow!("`{workspace}` is not a workspace name: {e}"))?;
         let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
         let route: RouteResponse = control
-            .get(&format!("/api/v1/workspaces/{workspace}/route"), Some(&settings.token))
+            .get(
+                &format!("/api/v1/workspaces/{workspace}/route"),
+                Some(&settings.token),
+            )
             .await
             .map_err(|e| match e {
                 ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
@@ -43,7 +49,12 @@ impl WorkspaceConnection {
         let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Limits::default())?;
         let session = dial::connect(&endpoint, addr, &route.relay.server_name, &settings.token)
             .await
-            .with_context(|| format!("connecting to relay {} for workspace `{workspace}`", route.relay.name))?;
+            .with_context(|| {
+                format!(
+                    "connecting to relay {} for workspace `{workspace}`",
+                    route.relay.name
+                )
+            })?;
         Ok(WorkspaceConnection {
             workspace,
             relay: route.relay.name,
@@ -55,7 +66,7 @@ impl WorkspaceConnection {
     /// Opens a stream to `target` in the workspace.
     pub async fn open(&self, target: Target) -> Result<(SendStream, RecvStream)> {
         let header = StreamHeader::new(self.workspace.clone(), target);
-        dial::open_stream(&self.session.conn, &header)
+        dial::open_stream(&self.session.conn, &header, dial::STREAM_REPLY_TIMEOUT)
             .await
             .map_err(|e| anyhow!("workspace `{}`, {target}: {e}", self.workspace))
     }

@@ -83,7 +83,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     for region in &args.regions {
         for i in 1..=args.relays_per_region {
             let name = format!("{region}-{i}");
-            relay_tokens.push((region.clone(), name.clone(), plane.mint(TokenKind::Relay, &name, 365 * 24 * 3600)));
+            relay_tokens.push((
+                region.clone(),
+                name.clone(),
+                plane.mint(TokenKind::Relay, &name, 365 * 24 * 3600),
+            ));
         }
     }
     tasks.spawn(plane.serve(cancel.clone()));
@@ -154,9 +158,17 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     }
 
     println!("ferry dev network is up.\n");
-    println!("  control plane  {control_url}   (data in {})", data_dir.display());
+    println!(
+        "  control plane  {control_url}   (data in {})",
+        data_dir.display()
+    );
     for r in &relays {
-        println!("  relay {:<8} region {:<6} quic://{}", r["name"].as_str().unwrap_or(""), r["region"].as_str().unwrap_or(""), r["addr"].as_str().unwrap_or(""));
+        println!(
+            "  relay {:<8} region {:<6} quic://{}",
+            r["name"].as_str().unwrap_or(""),
+            r["region"].as_str().unwrap_or(""),
+            r["addr"].as_str().unwrap_or("")
+        );
     }
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
     println!("    echo service 127.0.0.1:{echo_port}");
@@ -164,7 +176,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     if args.no_config {
         println!("\n  CLI config not written (--no-config).");
     } else {
-        println!("\n  CLI config written to {} (user `{DEV_USER}`).", config_path.display());
+        println!(
+            "\n  CLI config written to {} (user `{DEV_USER}`).",
+            config_path.display()
+        );
     }
     println!("\nTry, in another shell:");
     println!("  echo hello | ferry tcp {DEMO_WORKSPACE} {echo_port}");

@@ -30,8 +30,12 @@ pub struct PortForwardArgs {
 
 fn parse_mapping(s: &str) -> Result<(u16, u16)> {
     let (local, remote) = s.split_once(':').unwrap_or((s, s));
-    let local: u16 = local.parse().with_context(|| format!("`{s}`: bad local port"))?;
-    let remote: u16 = remote.parse().with_context(|| format!("`{s}`: bad remote port"))?;
+    let local: u16 = local
+        .parse()
+        .with_context(|| format!("`{s}`: bad local port"))?;
+    let remote: u16 = remote
+        .parse()
+        .with_context(|| format!("`{s}`: bad remote port"))?;
     if remote == 0 {
         bail!("`{s}`: the remote port cannot be 0");
     }
@@ -84,7 +88,12 @@ pub async fn run(args: PortForwardArgs, cancel: CancellationToken) -> Result<()>
             "Forwarding {bound} -> {}:{remote} (via relay {})",
             first.workspace, first.relay
         );
-        listeners.spawn(serve_listener(listener, remote, link.clone(), cancel.clone()));
+        listeners.spawn(serve_listener(
+            listener,
+            remote,
+            link.clone(),
+            cancel.clone(),
+        ));
     }
     drop(first);
     tokio::select! {

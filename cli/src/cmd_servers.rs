@@ -27,7 +27,8 @@ fn default_data_dir(role: &str) -> PathBuf {
 /// polling for the file never sees half of it.
 pub fn write_ready_file(path: &Path, value: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
@@ -59,11 +60,21 @@ pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()>
     let admin = plane.mint(TokenKind::Admin, "admin", 30 * 24 * 3600);
     let admin_file = data_dir.join("admin.token");
     write_secret(&admin_file, &admin)?;
-    let url = format!("https://{}:{}", args.names.first().map(String::as_str).unwrap_or("127.0.0.1"), addr.port());
+    let url = format!(
+        "https://{}:{}",
+        args.names
+            .first()
+            .map(String::as_str)
+            .unwrap_or("127.0.0.1"),
+        addr.port()
+    );
     let ca_file = ferry_certs::Ca::cert_path(&data_dir);
     println!("control plane: {url}");
     println!("  CA certificate: {}", ca_file.display());
-    println!("  admin token:    {} (mint tokens with `ferry token`)", admin_file.display());
+    println!(
+        "  admin token:    {} (mint tokens with `ferry token`)",
+        admin_file.display()
+    );
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,
@@ -87,7 +98,8 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
 }
 
 fn read_ca(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading CA certificate {}", path.display()))
+    std::fs::read_to_string(path)
+        .with_context(|| format!("reading CA certificate {}", path.display()))
 }
 
 #[derive(Debug, clap::Args)]
@@ -150,7 +162,10 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         }
     };
     if let Some(path) = &args.ready_file {
-        write_ready_file(path, &serde_json::json!({ "addr": relay.local_addr().to_string() }))?;
+        write_ready_file(
+            path,
+            &serde_json::json!({ "addr": relay.local_addr().to_string() }),
+        )?;
     }
     relay.run().await;
     Ok(())
@@ -220,7 +235,10 @@ fn parse_kind(s: &str) -> Result<TokenKind, String> {
 
 pub async fn token(args: TokenArgs) -> Result<()> {
     let admin = match args.admin_token.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?.trim().to_string(),
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
+            .trim()
+            .to_string(),
         None => args.admin_token.clone(),
     };
     let control = ControlClient::new(&args.control_url, &read_ca(&args.ca_file)?)?;

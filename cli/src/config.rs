@@ -33,7 +33,9 @@ pub fn default_path() -> PathBuf {
 impl CliConfig {
     pub fn load(path: &Path) -> Result<CliConfig> {
         match std::fs::read_to_string(path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(CliConfig::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }

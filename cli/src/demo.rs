@@ -18,7 +18,9 @@ use tokio_util::sync::CancellationToken;
 pub async fn bind_preferred(port: u16) -> Result<TcpListener> {
     match TcpListener::bind(("127.0.0.1", port)).await {
         Ok(l) => Ok(l),
-        Err(_) => TcpListener::bind(("127.0.0.1", 0)).await.context("binding a loopback port"),
+        Err(_) => TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("binding a loopback port"),
     }
 }
 
@@ -85,5 +87,8 @@ pub async fn http_app(listener: TcpListener, workspace: String, cancel: Cancella
 }
 
 pub fn port_of(listener: &TcpListener) -> u16 {
-    listener.local_addr().map(|a: SocketAddr| a.port()).unwrap_or(0)
+    listener
+        .local_addr()
+        .map(|a: SocketAddr| a.port())
+        .unwrap_or(0)
 }

@@ -14,7 +14,11 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "A geo-distributed relay and workspace proxy network")]
+#[command(
+    name = "ferry",
+    version,
+    about = "A geo-distributed relay and workspace proxy network"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,13 +54,14 @@ fn init_tracing(default: &str) {
 /// Cancels on the first SIGINT/SIGTERM; exits at once on the second.
 fn watch_signals(cancel: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch SIGTERM");
+                    return;
+                }
+            };
         for round in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
@@ -79,7 +84,10 @@ fn main() {
         Command::Dev(_) | Command::Control(_) | Command::Relay(_) | Command::Agent(_)
     );
     init_tracing(if server { "info" } else { "warn" });
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");

@@ -111,11 +111,19 @@ async fn keys(AxState(state): AxState<Arc<State>>) -> Json<KeysResponse> {
     })
 }
 
-async fn regions(AxState(state): AxState<Arc<State>>, headers: HeaderMap) -> ApiResult<RegionsResponse> {
+async fn regions(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+) -> ApiResult<RegionsResponse> {
     authorize(
         &state,
         &headers,
-        &[TokenKind::User, TokenKind::Agent, TokenKind::Relay, TokenKind::Admin],
+        &[
+            TokenKind::User,
+            TokenKind::Agent,
+            TokenKind::Relay,
+            TokenKind::Admin,
+        ],
     )?;
     Ok(Json(RegionsResponse {
         regions: state.regions(),
@@ -130,7 +138,11 @@ async fn register_relay(
     let claims = authorize(&state, &headers, &[TokenKind::Relay])?;
     let Json(req) = body?;
     ferry_proto::label::validate_name(&req.region).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("region: {e}"))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("region: {e}"),
+        )
     })?;
     if req.names.is_empty() || req.names.len() > 16 {
         return Err(ApiError::new(
@@ -152,9 +164,9 @@ async fn register_relay(
         quic_addr: req.quic_addr,
         server_name: req.names[0].clone(),
     };
-    let cert = state.register_relay(info, &req.names).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string())
-    })?;
+    let cert = state
+        .register_relay(info, &req.names)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
     Ok(Json(RegisterRelayResponse {
         cert_pem: cert.cert_pem,
         key_pem: cert.key_pem,
@@ -171,10 +183,18 @@ async fn mint_token(
     authorize(&state, &headers, &[TokenKind::Admin])?;
     let Json(req) = body?;
     let subject_ok = match req.kind {
-        TokenKind::Agent => WorkspaceLabel::parse(&req.subject).map(|_| ()).map_err(|e| e.to_string()),
+        TokenKind::Agent => WorkspaceLabel::parse(&req.subject)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
         _ => ferry_proto::label::validate_name(&req.subject).map_err(|e| e.to_string()),
     };
-    subject_ok.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("subject: {e}")))?;
+    subject_ok.map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("subject: {e}"),
+        )
+    })?;
     let ttl = req.ttl_secs.unwrap_or(match req.kind {
         TokenKind::Agent | TokenKind::Relay => 365 * 24 * 3600,
         TokenKind::App => 300,

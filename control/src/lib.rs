@@ -10,5 +10,5 @@ mod api;
 mod server;
 mod state;
 
-pub use server::{ControlPlane, ControlConfig, ServeError};
+pub use server::{ControlConfig, ControlPlane, ServeError};
 pub use state::{State, StateError};

@@ -67,12 +67,13 @@ impl ControlPlane {
         let state = Arc::new(State::load_or_create(&config.data_dir)?);
         let cert = state.ca().issue(&config.names, Usage::Server)?;
         let tls = ferry_certs::server_config(&cert, &[b"http/1.1"])?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServeError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
         Ok(ControlPlane {
             state,
             listener,

@@ -81,7 +81,6 @@ pub(crate) fn check_version(got: u8) -> Result<(), DecodeError> {
 /// or a bug, and refusing it early bounds what one stream can make us buffer.
 pub const MAX_FRAME_LEN: usize = 8 * 1024;
 
-
 /// Checks a frame length prefix read from the wire.
 pub fn check_frame_len(len: u16) -> Result<usize, DecodeError> {
     let len = usize::from(len);

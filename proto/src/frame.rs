@@ -147,7 +147,12 @@ impl StreamHeader {
                 Target::Port(port)
             }
             TARGET_SSH => Target::Ssh,
-            tag => return Err(DecodeError::UnknownTag { field: "target", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "target",
+                    tag,
+                })
+            }
         };
         expect_end(buf)?;
         Ok(StreamHeader {
@@ -236,7 +241,12 @@ impl Reply {
                 let message = get_str(buf, len, "error message")?;
                 Reply::Error(ErrorFrame { code, message })
             }
-            tag => return Err(DecodeError::UnknownTag { field: "reply", tag }),
+            tag => {
+                return Err(DecodeError::UnknownTag {
+                    field: "reply",
+                    tag,
+                })
+            }
         };
         expect_end(buf)?;
         Ok(reply)
@@ -275,7 +285,9 @@ impl_frame!(Hello, StreamHeader, Reply);
 pub fn decode_framed<F: Frame>(buf: &mut Bytes) -> Result<F, DecodeError> {
     let len = codec::check_frame_len(get_u16(buf, "frame length")?)?;
     if buf.len() < len {
-        return Err(DecodeError::Truncated { field: "frame body" });
+        return Err(DecodeError::Truncated {
+            field: "frame body",
+        });
     }
     let mut body = buf.split_to(len);
     F::decode(&mut body)

@@ -115,8 +115,17 @@ mod tests {
     #[test]
     fn rejects_labels_that_would_break_dns_or_parsing() {
         for bad in [
-            "", "demo", "--dev", "demo--", "Demo--dev", "a---b", "a--b--c", "a_b--c", "-a--b",
-            "a--b-", "dé--mo",
+            "",
+            "demo",
+            "--dev",
+            "demo--",
+            "Demo--dev",
+            "a---b",
+            "a--b--c",
+            "a_b--c",
+            "-a--b",
+            "a--b-",
+            "dé--mo",
         ] {
             assert!(WorkspaceLabel::parse(bad).is_err(), "{bad:?} was accepted");
         }

@@ -351,7 +351,13 @@ mod tests {
             set.verify(&t, NOW + 61, user()),
             Err(TokenError::Expired { ago_secs: 1 })
         ));
-        let agent = k.sign(&new_claims(TokenKind::Agent, "w--a", AUDIENCE_FERRY, NOW, 60));
+        let agent = k.sign(&new_claims(
+            TokenKind::Agent,
+            "w--a",
+            AUDIENCE_FERRY,
+            NOW,
+            60,
+        ));
         assert!(matches!(
             set.verify(&agent, NOW, user()),
             Err(TokenError::WrongKind { .. })
@@ -363,7 +369,10 @@ mod tests {
         ));
         let other = SigningKey::generate("k1").unwrap();
         let forged = other.sign(&new_claims(TokenKind::User, "a", AUDIENCE_FERRY, NOW, 60));
-        assert_eq!(set.verify(&forged, NOW, user()), Err(TokenError::BadSignature));
+        assert_eq!(
+            set.verify(&forged, NOW, user()),
+            Err(TokenError::BadSignature)
+        );
         let unknown = SigningKey::generate("k2").unwrap();
         let t2 = unknown.sign(&new_claims(TokenKind::User, "a", AUDIENCE_FERRY, NOW, 60));
         assert!(matches!(
@@ -376,7 +385,13 @@ mod tests {
     fn a_tampered_claim_breaks_the_signature() {
         let k = key();
         let set = KeySet::new([k.public_key()]);
-        let t = k.sign(&new_claims(TokenKind::User, "alice", AUDIENCE_FERRY, NOW, 60));
+        let t = k.sign(&new_claims(
+            TokenKind::User,
+            "alice",
+            AUDIENCE_FERRY,
+            NOW,
+            60,
+        ));
         let parts: Vec<&str> = t.split('.').collect();
         let forged_claims = new_claims(TokenKind::User, "bob", AUDIENCE_FERRY, NOW, 60);
         let forged = format!(
@@ -385,7 +400,10 @@ mod tests {
             B64.encode(serde_json::to_vec(&forged_claims).unwrap()),
             parts[2]
         );
-        assert_eq!(set.verify(&forged, NOW, user()), Err(TokenError::BadSignature));
+        assert_eq!(
+            set.verify(&forged, NOW, user()),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]

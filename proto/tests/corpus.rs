@@ -10,7 +10,9 @@ use ferry_proto::token::{peek_claims, Expect, KeySet, SigningKey, TokenKind, AUD
 use ferry_proto::{Hello, Reply, StreamHeader};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(target);
     let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
         .map(|entry| std::fs::read(entry.unwrap().path()).unwrap())
@@ -46,7 +48,10 @@ fn replay<F: Frame + PartialEq + std::fmt::Debug>(target: &str) -> usize {
 
 #[test]
 fn stream_header_corpus_replays_without_panics() {
-    assert!(replay::<StreamHeader>("stream_header") > 0, "no seed decoded");
+    assert!(
+        replay::<StreamHeader>("stream_header") > 0,
+        "no seed decoded"
+    );
 }
 
 #[test]
@@ -62,9 +67,14 @@ fn reply_corpus_replays_without_panics() {
 #[test]
 fn token_corpus_never_verifies_against_a_foreign_key() {
     let keys = KeySet::new([SigningKey::generate("k1").unwrap().public_key()]);
-    let expect = Expect { kind: TokenKind::User, audience: AUDIENCE_FERRY };
+    let expect = Expect {
+        kind: TokenKind::User,
+        audience: AUDIENCE_FERRY,
+    };
     for input in corpus("token") {
-        let Ok(text) = std::str::from_utf8(&input) else { continue };
+        let Ok(text) = std::str::from_utf8(&input) else {
+            continue;
+        };
         let _ = peek_claims(text);
         assert!(keys.verify(text, 1_800_000_000, expect).is_err());
     }

@@ -23,7 +23,11 @@ pub struct AgentTable {
 impl AgentTable {
     /// Adds an agent; a newer connection for the same workspace replaces the older one,
     /// which is returned so the caller can close it.
-    pub fn insert(&self, label: WorkspaceLabel, conn: quinn::Connection) -> (u64, Option<AgentLink>) {
+    pub fn insert(
+        &self,
+        label: WorkspaceLabel,
+        conn: quinn::Connection,
+    ) -> (u64, Option<AgentLink>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let old = self.links.insert(label, AgentLink { conn, id });
         (id, old)
@@ -31,7 +35,9 @@ impl AgentTable {
 
     /// Removes the agent only if it is still the link `id` (not a newer one).
     pub fn remove(&self, label: &WorkspaceLabel, id: u64) -> bool {
-        self.links.remove_if(label, |_, link| link.id == id).is_some()
+        self.links
+            .remove_if(label, |_, link| link.id == id)
+            .is_some()
     }
 
     pub fn get(&self, label: &WorkspaceLabel) -> Option<AgentLink> {

@@ -37,7 +37,10 @@ async fn accept_hello(
     };
     let verdict = match hello {
         Ok(hello) => check_token(shared, &hello.token, kind),
-        Err(e) => Err(ErrorFrame::new(ErrorCode::Protocol, format!("bad hello: {e}"))),
+        Err(e) => Err(ErrorFrame::new(
+            ErrorCode::Protocol,
+            format!("bad hello: {e}"),
+        )),
     };
     match verdict {
         Ok(subject) => {
@@ -59,11 +62,16 @@ async fn accept_hello(
 
 /// An agent: register it, keep it until its connection ends.
 pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, cancel: CancellationToken) {
-    let Some((subject, _control_send, _control_recv)) = accept_hello(&shared, &conn, TokenKind::Agent).await else {
+    let Some((subject, _control_send, _control_recv)) =
+        accept_hello(&shared, &conn, TokenKind::Agent).await
+    else {
         return;
     };
     let Ok(label) = WorkspaceLabel::parse(&subject) else {
-        conn.close(ErrorCode::Unauthorized.to_u16().into(), b"agent token subject is not a workspace");
+        conn.close(
+            ErrorCode::Unauthorized.to_u16().into(),
+            b"agent token subject is not a workspace",
+        );
         return;
     };
     let span = tracing::info_span!("agent", workspace = %label, remote = %conn.remote_address());
@@ -90,7 +98,9 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, cancel: Cancella
 
 /// A client: accept its streams and forward each to the workspace's agent.
 pub async fn serve_client(shared: Arc<Shared>, conn: Connection, cancel: CancellationToken) {
-    let Some((user, _control_send, _control_recv)) = accept_hello(&shared, &conn, TokenKind::User).await else {
+    let Some((user, _control_send, _control_recv)) =
+        accept_hello(&shared, &conn, TokenKind::User).await
+    else {
         return;
     };
     let span = tracing::info_span!("client", %user, remote = %conn.remote_address());
@@ -122,17 +132,18 @@ async fn refuse(mut send: SendStream, mut recv: RecvStream, frame: ErrorFrame) {
 }
 
 async fn forward_stream(shared: Arc<Shared>, user: String, send: SendStream, mut recv: RecvStream) {
-    let header = match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            let frame = ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"));
-            return refuse(send, recv, frame).await;
-        }
-        Err(_) => {
-            let frame = ErrorFrame::new(ErrorCode::Protocol, "no stream header within 10s");
-            return refuse(send, recv, frame).await;
-        }
-    };
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                let frame = ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"));
+                return refuse(send, recv, frame).await;
+            }
+            Err(_) => {
+                let frame = ErrorFrame::new(ErrorCode::Protocol, "no stream header within 10s");
+                return refuse(send, recv, frame).await;
+            }
+        };
     let workspace = &header.workspace;
     // Another user's workspace is refused exactly like one that does not exist.
     if workspace.owner() != user {
@@ -145,13 +156,25 @@ async fn forward_stream(shared: Arc<Shared>, user: String, send: SendStream, mut
     let Some(agent) = shared.agents.get(workspace) else {
         let frame = ErrorFrame::new(
             ErrorCode::AgentNotConnected,
-            format!("workspace `{workspace}` has no connected agent on relay {}", shared.name),
+            format!(
+                "workspace `{workspace}` has no connected agent on relay {}",
+                shared.name
+            ),
         );
         return refuse(send, recv, frame).await;
     };
-    let upstream = match dial::open_stream(&agent.conn, &header).await {
+    let upstream = match dial::open_stream(&agent.conn, &header, dial::AGENT_REPLY_TIMEOUT).await {
         Ok(streams) => streams,
         Err(StreamError::Refused(frame)) => return refuse(send, recv, frame).await,
+        Err(StreamError::Timeout(after)) => {
+            // Most likely the agent vanished without closing (killed, network cut) and
+            // its connection has not timed out yet.
+            let frame = ErrorFrame::new(
+                ErrorCode::AgentNotConnected,
+                format!("workspace `{workspace}`: the agent did not answer within {after:?} (it may have just disconnected)"),
+            );
+            return refuse(send, recv, frame).await;
+        }
         Err(e) => {
             let frame = ErrorFrame::new(
                 ErrorCode::AgentNotConnected,

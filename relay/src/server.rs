@@ -80,11 +80,15 @@ const KEY_REFRESH: Duration = Duration::from_secs(30);
 impl Relay {
     /// Binds the UDP socket, registers with the control plane, and builds the endpoint.
     /// Background tasks stop when `cancel` fires.
-    pub async fn start(config: RelayConfig, cancel: CancellationToken) -> Result<Relay, RelayError> {
-        let socket = std::net::UdpSocket::bind(config.listen).map_err(|source| RelayError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    pub async fn start(
+        config: RelayConfig,
+        cancel: CancellationToken,
+    ) -> Result<Relay, RelayError> {
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| RelayError::Bind {
+                addr: config.listen,
+                source,
+            })?;
         let bound = socket.local_addr().map_err(|source| RelayError::Bind {
             addr: config.listen,
             source,
@@ -107,10 +111,16 @@ impl Relay {
             key_pem: registration.key_pem,
         };
         let tls = ferry_certs::server_config(&cert, &[alpn::AGENT, alpn::CLIENT])?;
-        let endpoint = ferry_transport::quic::server_endpoint(socket, tls, &config.limits)?;
+        let endpoint = ferry_transport::quic::server_endpoint(
+            socket,
+            tls,
+            &config.limits,
+            config.token.as_bytes(),
+        )?;
 
         let mut background = JoinSet::new();
-        let (reporter, report_task) = directory::reporter(control.clone(), config.token.clone(), cancel.clone());
+        let (reporter, report_task) =
+            directory::reporter(control.clone(), config.token.clone(), cancel.clone());
         background.spawn(report_task);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -118,7 +128,12 @@ impl Relay {
             agents: AgentTable::default(),
             directory: reporter,
         });
-        background.spawn(refresh_keys(shared.clone(), control, config.token.clone(), cancel.clone()));
+        background.spawn(refresh_keys(
+            shared.clone(),
+            control,
+            config.token.clone(),
+            cancel.clone(),
+        ));
         tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, "relay listening");
         Ok(Relay {
             endpoint,
@@ -183,17 +198,28 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: 
     }
 }
 
-async fn refresh_keys(shared: Arc<Shared>, control: ControlClient, token: String, cancel: CancellationToken) {
+async fn refresh_keys(
+    shared: Arc<Shared>,
+    control: ControlClient,
+    token: String,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(KEY_REFRESH) => {}
         }
-        match control.get::<KeysResponse>("/api/v1/keys", Some(&token)).await {
+        match control
+            .get::<KeysResponse>("/api/v1/keys", Some(&token))
+            .await
+        {
             Ok(resp) if !resp.keys.is_empty() => {
-                *shared.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeySet::new(resp.keys));
+                *shared.keys.write().unwrap_or_else(|p| p.into_inner()) =
+                    Arc::new(KeySet::new(resp.keys));
             }
-            Ok(_) => tracing::warn!("control plane returned an empty key set; keeping the cached one"),
+            Ok(_) => {
+                tracing::warn!("control plane returned an empty key set; keeping the cached one")
+            }
             // Keep verifying with the cached keys while the control plane is away.
             Err(e) => tracing::debug!(error = %e, "key refresh failed"),
         }
@@ -201,7 +227,11 @@ async fn refresh_keys(shared: Arc<Shared>, control: ControlClient, token: String
 }
 
 /// Checks a hello token of `kind`; returns the subject.
-pub(crate) fn check_token(shared: &Shared, token: &str, kind: TokenKind) -> Result<String, ferry_proto::ErrorFrame> {
+pub(crate) fn check_token(
+    shared: &Shared,
+    token: &str,
+    kind: TokenKind,
+) -> Result<String, ferry_proto::ErrorFrame> {
     shared
         .keys()
         .verify(

@@ -45,7 +45,10 @@ pub enum ControlError {
 impl ControlError {
     /// Whether the control plane could not be reached at all (as opposed to refusing).
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, ControlError::Unreachable { .. } | ControlError::Timeout { .. })
+        matches!(
+            self,
+            ControlError::Unreachable { .. } | ControlError::Timeout { .. }
+        )
     }
 }
 
@@ -68,7 +71,10 @@ impl ControlClient {
             Some((h, p)) if !h.ends_with(':') => (h, p.parse::<u16>().map_err(|_| bad())?),
             _ => (authority, 443),
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         if host.is_empty() || authority.contains('/') {
             return Err(bad());
         }
@@ -102,7 +108,8 @@ impl ControlClient {
         token: Option<&str>,
         body: &B,
     ) -> Result<T, ControlError> {
-        let body = serde_json::to_vec(body).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        let body =
+            serde_json::to_vec(body).map_err(|e| ControlError::BadResponse(e.to_string()))?;
         self.call(Method::POST, path, token, Some(body)).await
     }
 
@@ -134,7 +141,8 @@ impl ControlClient {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let name = ServerName::try_from(self.host.clone()).map_err(|_| ControlError::BadUrl(self.url.clone()))?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| ControlError::BadUrl(self.url.clone()))?;
         let tls = self
             .tls
             .connect(name, tcp)

@@ -9,8 +9,21 @@ use quinn::{Connection, Endpoint, RecvStream, SendStream};
 
 use crate::frame_io::{read_frame, write_frame, FrameError};
 
-/// How long a peer may take to answer a hello or a stream header.
+/// How long a QUIC handshake may take. Without it a dial to a dead relay waits for
+/// the whole idle timeout; a few seconds is many round trips even across the world.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a peer may take to answer a hello.
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client waits for a relay to answer a stream header. Longer than the
+/// relay's own wait for the agent ([`AGENT_REPLY_TIMEOUT`]), so that the client hears
+/// the relay's reason instead of timing out first.
+pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a relay waits for an agent to answer a stream header; longer than the
+/// agent's own connect timeout to the target, so the agent's reason wins.
+pub const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// Why a connection to a relay could not be established.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +47,10 @@ pub enum DialError {
         #[source]
         source: FrameError,
     },
+    #[error(
+        "no QUIC handshake with {addr} within {HANDSHAKE_TIMEOUT:?} (relay down, or UDP blocked?)"
+    )]
+    HandshakeTimeout { addr: SocketAddr },
     #[error("relay {addr} did not answer the hello within {REPLY_TIMEOUT:?}")]
     Timeout { addr: SocketAddr },
     /// The relay refused us, with its reason.
@@ -68,12 +85,19 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, server_name)
         .map_err(|source| DialError::Connect { addr, source })?;
-    let conn = connecting
+    let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
+        .map_err(|_| DialError::HandshakeTimeout { addr })?
         .map_err(|source| DialError::Connection { addr, source })?;
     let hello = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(std::io::Error::from)?;
-        write_frame(&mut send, &Hello { token: token.to_string() }).await?;
+        write_frame(
+            &mut send,
+            &Hello {
+                token: token.to_string(),
+            },
+        )
+        .await?;
         let reply: Reply = read_frame(&mut recv).await?;
         Ok::<_, FrameError>((reply, send, recv))
     };
@@ -98,8 +122,8 @@ pub enum StreamError {
     Connection(#[from] quinn::ConnectionError),
     #[error("stream failed before it was set up: {0}")]
     Frame(#[from] FrameError),
-    #[error("no answer to the stream header within {REPLY_TIMEOUT:?}")]
-    Timeout,
+    #[error("no answer to the stream header within {0:?}")]
+    Timeout(Duration),
     /// The far end refused the stream, with its reason.
     #[error("{0}")]
     Refused(ErrorFrame),
@@ -115,18 +139,19 @@ impl StreamError {
     }
 }
 
-/// Opens a data stream, sends its header and waits for the answer.
+/// Opens a data stream, sends its header and waits up to `timeout` for the answer.
 pub async fn open_stream(
     conn: &Connection,
     header: &StreamHeader,
+    timeout: Duration,
 ) -> Result<(SendStream, RecvStream), StreamError> {
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(&mut send, header)
         .await
         .map_err(FrameError::from)?;
-    let reply: Reply = tokio::time::timeout(REPLY_TIMEOUT, read_frame(&mut recv))
+    let reply: Reply = tokio::time::timeout(timeout, read_frame(&mut recv))
         .await
-        .map_err(|_| StreamError::Timeout)??;
+        .map_err(|_| StreamError::Timeout(timeout))??;
     match reply {
         Reply::Ok => Ok((send, recv)),
         Reply::Error(frame) => Err(StreamError::Refused(frame)),

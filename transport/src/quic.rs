@@ -28,6 +28,19 @@ pub struct Limits {
     pub keep_alive: Duration,
 }
 
+impl Limits {
+    /// For an agent's connection to its relay: a relay that vanished without closing
+    /// (killed, cut off) is noticed within a few seconds, so the agent moves on. The
+    /// idle timeout is negotiated down to the smaller side, so this binds the relay too.
+    pub fn agent() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(6),
+            keep_alive: Duration::from_secs(2),
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -75,20 +88,39 @@ pub enum EndpointError {
 /// A server endpoint on an already bound UDP socket (bound first so that a relay
 /// knows its port before it asks the control plane for a certificate). The endpoint
 /// also dials out, e.g. for the mesh, from the same socket.
+///
+/// `reset_secret` keys QUIC stateless resets. Derive it from something that survives
+/// a restart (the relay's token): a relay restarted on the same port can then tell
+/// peers of its previous life that their connection is gone, and they reconnect at
+/// once instead of waiting for the idle timeout.
 pub fn server_endpoint(
     socket: std::net::UdpSocket,
     tls: rustls::ServerConfig,
     limits: &Limits,
+    reset_secret: &[u8],
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let addr = socket
-        .local_addr()
-        .map_err(|source| EndpointError::Bind { addr: "0.0.0.0:0".parse().expect("literal"), source })?;
+    let addr = socket.local_addr().map_err(|source| EndpointError::Bind {
+        addr: "0.0.0.0:0".parse().expect("literal"),
+        source,
+    })?;
     let crypto =
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     config.transport_config(Arc::new(limits.transport_config()));
+    let secret = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[b"ferry stateless reset v1\0", reset_secret].concat(),
+    );
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
+    let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Connection IDs carry a keyed checksum; with a random key a restarted relay would
+    // treat its old IDs as noise and drop them instead of answering with a reset.
+    let cid_key = u64::from_le_bytes(secret.as_ref()[..8].try_into().expect("32-byte digest"));
+    endpoint_config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config,
         Some(config),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -107,8 +139,8 @@ pub fn client_endpoint(
     } else {
         "0.0.0.0:0".parse().expect("literal address")
     };
-    let mut endpoint =
-        quinn::Endpoint::client(bind).map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    let mut endpoint = quinn::Endpoint::client(bind)
+        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(tls, limits)?);
     Ok(endpoint)
 }

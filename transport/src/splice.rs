@@ -99,14 +99,21 @@ pub async fn reader_to_quic(mut from: impl AsyncRead + Unpin, mut to: SendStream
 pub async fn quic_with_tcp(send: SendStream, recv: RecvStream, tcp: TcpStream) -> SpliceStats {
     let _ = tcp.set_nodelay(true);
     let (tcp_read, tcp_write) = tcp.into_split();
-    let (forward, backward) = tokio::join!(quic_to_writer(recv, tcp_write), reader_to_quic(tcp_read, send));
+    let (forward, backward) = tokio::join!(
+        quic_to_writer(recv, tcp_write),
+        reader_to_quic(tcp_read, send)
+    );
     SpliceStats { forward, backward }
 }
 
 /// Splices two QUIC streams (the relay's job) until both directions are done.
-pub async fn quic_with_quic(a: (SendStream, RecvStream), b: (SendStream, RecvStream)) -> SpliceStats {
+pub async fn quic_with_quic(
+    a: (SendStream, RecvStream),
+    b: (SendStream, RecvStream),
+) -> SpliceStats {
     let (a_send, a_recv) = a;
     let (b_send, b_recv) = b;
-    let (forward, backward) = tokio::join!(quic_to_quic(a_recv, b_send), quic_to_quic(b_recv, a_send));
+    let (forward, backward) =
+        tokio::join!(quic_to_quic(a_recv, b_send), quic_to_quic(b_recv, a_send));
     SpliceStats { forward, backward }
 }

@@ -71,7 +71,10 @@ fn malformed_headers_get_typed_errors() {
     }
     assert_eq!(
         StreamHeader::decode(&mut Bytes::from_static(&[2, 0])),
-        Err(DecodeError::UnsupportedVersion { got: 2, supported: 1 })
+        Err(DecodeError::UnsupportedVersion {
+            got: 2,
+            supported: 1
+        })
     );
 }
 

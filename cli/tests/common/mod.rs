@@ -1,0 +1,386 @@
+//! A ferry network made of real processes on loopback, for whole-system tests:
+//! `ferry control`, `ferry relay` and `ferry agent` as child processes (killed when
+//! the test ends), services the test runs itself, and helpers to drive the CLI.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferry_proto::api::{MintTokenRequest, MintTokenResponse, RouteResponse};
+use ferry_proto::token::TokenKind;
+use ferry_transport::ControlClient;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// A scratch directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ferry-test-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // FERRY_TEST_KEEP=1 keeps the processes' logs for a post-mortem.
+        if std::env::var_os("FERRY_TEST_KEEP").is_some() {
+            eprintln!("kept {}", self.0.display());
+            return;
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls until `path` exists and parses as JSON.
+pub async fn wait_for_json(path: &Path, timeout: Duration) -> Result<serde_json::Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(v) = serde_json::from_str(&text) {
+                return Ok(v);
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not appear within {timeout:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts `ferry ARGS` with logs going to a file in `dir`.
+pub fn spawn_ferry(dir: &Path, log_name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(dir.join(format!("{log_name}.log"))).expect("log file");
+    let mut cmd = Command::new(FERRY);
+    cmd.args(args)
+        .env("FERRY_LOG", "debug")
+        .env("FERRY_CONFIG", dir.join("no-such-config.toml"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().expect("log file"))
+        .stderr(log)
+        .kill_on_drop(true);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn ferry")
+}
+
+pub struct Relay {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub child: Child,
+}
+
+/// A control plane and its helpers.
+pub struct Network {
+    pub dir: TempDir,
+    pub control_url: String,
+    pub ca_file: PathBuf,
+    pub admin_token: String,
+    pub control: Child,
+    pub relays: Vec<Relay>,
+    pub agents: Vec<Child>,
+}
+
+impl Network {
+    pub async fn start(name: &str) -> Result<Network> {
+        let dir = TempDir::new(name);
+        let ready = dir.0.join("control.json");
+        let data = dir.0.join("control");
+        let control = spawn_ferry(
+            &dir.0,
+            "control",
+            &[
+                "control",
+                "--data-dir",
+                data.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--name",
+                "127.0.0.1",
+                "--ready-file",
+                ready.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+        let admin_file = info["admin_token_file"]
+            .as_str()
+            .context("admin token file")?;
+        Ok(Network {
+            control_url: info["url"].as_str().context("url")?.to_string(),
+            ca_file: PathBuf::from(info["ca_file"].as_str().context("ca")?),
+            admin_token: std::fs::read_to_string(admin_file)?.trim().to_string(),
+            dir,
+            control,
+            relays: Vec::new(),
+            agents: Vec::new(),
+        })
+    }
+
+    pub fn control_client(&self) -> ControlClient {
+        let ca = std::fs::read_to_string(&self.ca_file).expect("CA file");
+        ControlClient::new(&self.control_url, &ca).expect("control client")
+    }
+
+    pub async fn mint(
+        &self,
+        kind: TokenKind,
+        subject: &str,
+        ttl_secs: Option<u64>,
+    ) -> Result<String> {
+        let resp: MintTokenResponse = self
+            .control_client()
+            .post(
+                "/api/v1/tokens",
+                Some(&self.admin_token),
+                &MintTokenRequest {
+                    kind,
+                    subject: subject.to_string(),
+                    ttl_secs,
+                },
+            )
+            .await?;
+        Ok(resp.token)
+    }
+
+    /// Starts a relay process on `listen` (use port 0 for any) and waits until it listens.
+    pub async fn start_relay(
+        &mut self,
+        name: &str,
+        region: &str,
+        listen: &str,
+    ) -> Result<SocketAddr> {
+        let token = self.mint(TokenKind::Relay, name, None).await?;
+        let ready = self.dir.0.join(format!("relay-{name}.json"));
+        let _ = std::fs::remove_file(&ready);
+        let child = spawn_ferry(
+            &self.dir.0,
+            &format!("relay-{name}"),
+            &[
+                "relay",
+                "--name",
+                name,
+                "--region",
+                region,
+                "--listen",
+                listen,
+                "--control",
+                &self.control_url,
+                "--ca",
+                self.ca_file.to_str().unwrap(),
+                "--cert-name",
+                "127.0.0.1",
+                "--ready-file",
+                ready.to_str().unwrap(),
+            ],
+            &[("FERRY_RELAY_TOKEN", &token)],
+        );
+        let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+        let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
+        self.relays.retain(|r| r.name != name);
+        self.relays.push(Relay {
+            name: name.to_string(),
+            addr,
+            child,
+        });
+        Ok(addr)
+    }
+
+    /// Starts an agent process for `workspace` (NAME--OWNER).
+    pub async fn start_agent(&mut self, workspace: &str, extra: &[&str]) -> Result<()> {
+        let token = self.mint(TokenKind::Agent, workspace, None).await?;
+        let mut args = vec![
+            "agent",
+            "--control",
+            &self.control_url,
+            "--ca",
+            self.ca_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn_ferry(
+            &self.dir.0,
+            &format!("agent-{workspace}"),
+            &args,
+            &[("FERRY_AGENT_TOKEN", &token)],
+        );
+        self.agents.push(child);
+        Ok(())
+    }
+
+    /// Polls the control plane until `workspace` has a connected agent.
+    pub async fn wait_for_agent(&self, workspace: &str, user_token: &str) -> Result<RouteResponse> {
+        let client = self.control_client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let route = client
+                .get::<RouteResponse>(
+                    &format!("/api/v1/workspaces/{workspace}/route"),
+                    Some(user_token),
+                )
+                .await;
+            match route {
+                Ok(route) => return Ok(route),
+                Err(e) if Instant::now() > deadline => {
+                    bail!("agent for {workspace} never connected: {e}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+            }
+        }
+    }
+
+    /// Environment for client commands run as `token`'s user.
+    pub fn client_env(&self, token: &str) -> Vec<(String, String)> {
+        vec![
+            ("FERRY_CONTROL_URL".into(), self.control_url.clone()),
+            (
+                "FERRY_CA".into(),
+                self.ca_file.to_string_lossy().into_owned(),
+            ),
+            ("FERRY_TOKEN".into(), token.to_string()),
+            (
+                "FERRY_CONFIG".into(),
+                self.dir
+                    .0
+                    .join("no-such-config.toml")
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        ]
+    }
+
+    /// Runs `ferry tcp WORKSPACE TARGET` with `input` on stdin; returns (success, stdout, stderr).
+    pub async fn ferry_tcp(
+        &self,
+        token: &str,
+        workspace: &str,
+        target: &str,
+        input: &[u8],
+    ) -> Result<(bool, Vec<u8>, String)> {
+        let mut cmd = Command::new(FERRY);
+        cmd.args(["tcp", workspace, target])
+            .envs(self.client_env(token))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().context("stdin")?;
+        let input = input.to_vec();
+        let writer = tokio::spawn(async move {
+            let _ = stdin.write_all(&input).await;
+            drop(stdin);
+        });
+        let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+            .await
+            .context("ferry tcp did not finish within 60s")??;
+        let _ = writer.await;
+        Ok((
+            out.status.success(),
+            out.stdout,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Starts `ferry port-forward WORKSPACE 0:PORT`; returns the child and the local address.
+    pub async fn port_forward(
+        &self,
+        token: &str,
+        workspace: &str,
+        port: u16,
+    ) -> Result<(Child, SocketAddr)> {
+        let mut cmd = Command::new(FERRY);
+        cmd.args(["port-forward", workspace, &format!("0:{port}")])
+            .envs(self.client_env(token))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn()?;
+        let mut stdout = child.stdout.take().context("stdout")?;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        let line = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let n = stdout.read(&mut buf).await?;
+                if n == 0 {
+                    bail!("port-forward exited: {}", String::from_utf8_lossy(&seen));
+                }
+                seen.extend_from_slice(&buf[..n]);
+                if let Some(pos) = seen.iter().position(|&b| b == b'\n') {
+                    return Ok(String::from_utf8_lossy(&seen[..pos]).into_owned());
+                }
+            }
+        })
+        .await
+        .context("port-forward did not start within 20s")??;
+        // "Forwarding 127.0.0.1:PORT -> ..."
+        let addr = line
+            .split_whitespace()
+            .nth(1)
+            .context("unexpected port-forward output")?
+            .parse()?;
+        Ok((child, addr))
+    }
+}
+
+/// A TCP echo server on loopback; returns its port.
+pub async fn echo_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A server that reads until EOF, then answers `got N bytes` and closes: it only
+/// answers after the client half-closed.
+pub async fn count_after_eof_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut sink = Vec::new();
+                let _ = tcp.read_to_end(&mut sink).await;
+                let _ = tcp
+                    .write_all(format!("got {} bytes", sink.len()).as_bytes())
+                    .await;
+                let _ = tcp.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
+/// A network with one relay in region `eu`, one agent for `demo--dev` and the user's token.
+pub async fn one_relay_network(name: &str) -> Result<(Network, String)> {
+    let mut net = Network::start(name).await?;
+    net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    net.start_agent("demo--dev", &[]).await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    net.wait_for_agent("demo--dev", &user).await?;
+    Ok((net, user))
+}

@@ -1,0 +1,76 @@
+//! `ferry dev`: one command, a whole network; Ctrl-C stops all of it.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> anyhow::Result<()> {
+    let dir = TempDir::new("dev");
+    let ready = dir.0.join("ready.json");
+    let config = dir.0.join("config.toml");
+    let mut dev = Command::new(FERRY)
+        .args([
+            "dev",
+            "--control-port",
+            "0",
+            "--echo-port",
+            "0",
+            "--http-port",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.0.join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("FERRY_CONFIG", &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let info = wait_for_json(&ready, Duration::from_secs(30)).await?;
+    let echo = info["echo_port"].as_u64().unwrap().to_string();
+    assert_eq!(
+        info["relays"].as_array().map(Vec::len),
+        Some(2),
+        "two regions by default"
+    );
+
+    // The CLI uses the config dev wrote, with no flags at all.
+    let mut child = Command::new(FERRY)
+        .args(["tcp", "demo", &echo])
+        .env("FERRY_CONFIG", &config)
+        .env_remove("FERRY_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"through ferry dev").await?;
+    drop(stdin);
+    let out = child;
+    let out = tokio::time::timeout(Duration::from_secs(30), out.wait_with_output()).await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"through ferry dev");
+
+    // Ctrl-C: everything stops, cleanly and promptly.
+    let pid = dev.id().unwrap() as i32;
+    // Send SIGINT with kill(1), as a terminal's Ctrl-C would, without a libc dependency.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), dev.wait()).await??;
+    assert!(exit.success(), "ferry dev exited with {exit}");
+    Ok(())
+}
