@@ -6,6 +6,7 @@ mod client;
 mod cmd_dev;
 mod cmd_port_forward;
 mod cmd_servers;
+mod cmd_ssh;
 mod cmd_tcp;
 mod config;
 mod demo;
@@ -40,6 +41,10 @@ enum Command {
     PortForward(cmd_port_forward::PortForwardArgs),
     /// Connect standard input and output to a port in a workspace (like nc)
     Tcp(cmd_tcp::TcpArgs),
+    /// SSH into a workspace with the system's OpenSSH client
+    Ssh(cmd_ssh::SshArgs),
+    /// Add a `Host *.ferry` block to ~/.ssh/config (ssh, scp, rsync, editors)
+    ConfigSsh(cmd_ssh::ConfigSshArgs),
 }
 
 fn init_tracing(default: &str) {
@@ -105,6 +110,8 @@ fn main() {
             Command::Token(args) => cmd_servers::token(args).await,
             Command::PortForward(args) => cmd_port_forward::run(args, cancel).await,
             Command::Tcp(args) => cmd_tcp::run(args).await,
+            Command::Ssh(args) => cmd_ssh::run(args).await,
+            Command::ConfigSsh(args) => cmd_ssh::config_ssh(args),
         }
     });
     let code = match result {

@@ -1,1 +1,206 @@
-fn main() {}
+//! `ferry-netbench`: how fast and how much slower than plain TCP (and than `ssh -L`)
+//! is a connection through ferry, measured on this machine over loopback.
+//! This file holds the flags and the run order: start the bench server, set up every
+//! path, run one benchmark, write the report, and tear everything down on every exit.
+
+mod client;
+mod latency;
+mod paths;
+mod procs;
+mod report;
+mod server;
+mod stats;
+mod throughput;
+mod tmp;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::paths::{Paths, State};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry-netbench",
+    about = "Throughput and latency of ferry port-forward vs direct TCP and ssh -L"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+    /// The ferry binary [default: `ferry` next to this program, else target/{release,debug}/ferry]
+    #[arg(long, global = true)]
+    ferry: Option<PathBuf>,
+    /// Where to write the JSON results [default: netbench/results/<bench>-<unix time>.json]
+    #[arg(long, global = true)]
+    json: Option<PathBuf>,
+    /// Tiny sizes, for CI: checks that everything works, in seconds
+    #[arg(long, global = true)]
+    smoke: bool,
+    /// Do not compare with ssh -L
+    #[arg(long, global = true)]
+    skip_ssh: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Bulk transfer speed in Gbit/s, both directions
+    Throughput {
+        /// Bytes per transfer (suffixes K, M, G, KiB, MiB, GiB) [default: 1GiB, smoke 8MiB]
+        #[arg(long, value_parser = parse_size)]
+        bytes: Option<u64>,
+        /// Transfers per path and direction; the median is reported [default: 3, smoke 1]
+        #[arg(long)]
+        trials: Option<usize>,
+        /// Only measure client → server
+        #[arg(long)]
+        no_download: bool,
+    },
+    /// Echo round-trip times on one connection, in microseconds
+    Latency {
+        /// Measured round trips per path [default: 20000, smoke 500]
+        #[arg(long)]
+        count: Option<usize>,
+        /// Unrecorded round trips first [default: 1000, smoke 50]
+        #[arg(long)]
+        warmup: Option<usize>,
+        /// Message size in bytes
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+}
+
+/// `1048576`, `8M`, `8MiB`, `1G`, `1GiB` (K/M/G are binary here, as for buffers).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a number of bytes"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}`: unknown unit (use K, M, G)")),
+    };
+    match num.checked_mul(mult) {
+        Some(0) | None => Err(format!("`{s}`: must be between 1 byte and 2^64")),
+        Some(n) => Ok(n),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let ferry_bin = paths::locate_ferry(cli.ferry.clone())?;
+    let server = server::Server::start()?;
+    let opts = paths::Options {
+        ferry_bin,
+        skip_ssh: cli.skip_ssh,
+    };
+    let paths = Paths::setup(&opts, server.addr()).await?;
+    let result = bench(&cli, &paths).await;
+    let failed: Vec<&str> = paths
+        .list
+        .iter()
+        .filter(|p| matches!(p.state, State::Failed(_)))
+        .map(|p| p.label)
+        .collect();
+    paths.shutdown().await;
+    result?;
+    if !failed.is_empty() {
+        bail!("could not set up: {} (see above)", failed.join(", "));
+    }
+    Ok(())
+}
+
+async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
+    let time = report::unix_time();
+    let json = |name: &str| {
+        cli.json
+            .clone()
+            .unwrap_or_else(|| report::default_json_path(name, time))
+    };
+    match cli.bench {
+        Bench::Throughput {
+            bytes,
+            trials,
+            no_download,
+        } => {
+            let settings = throughput::Settings {
+                bytes: bytes.unwrap_or(if cli.smoke { 8 << 20 } else { 1 << 30 }),
+                trials: trials.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1),
+                download: !no_download,
+            };
+            throughput::run(paths, &settings, cli.smoke, &json("throughput"), time).await
+        }
+        Bench::Latency {
+            count,
+            warmup,
+            size,
+        } => {
+            let settings = latency::Settings {
+                count: count.unwrap_or(if cli.smoke { 500 } else { 20_000 }).max(1),
+                warmup: warmup.unwrap_or(if cli.smoke { 50 } else { 1_000 }),
+                size: size.max(8),
+            };
+            latency::run(paths, &settings, cli.smoke, &json("latency"), time).await
+        }
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+async fn interrupted() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry-netbench: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // On a signal the benchmark future is dropped, and with it every child process
+    // handle, which kills the child: nothing is left running.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            r = interrupted() => r.and_then(|()| bail!("interrupted")),
+        }
+    });
+    drop(runtime);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferry-netbench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
+}

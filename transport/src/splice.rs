@@ -53,13 +53,14 @@ pub async fn quic_to_writer(mut from: RecvStream, mut to: impl AsyncWrite + Unpi
         match from.read_chunk(CHUNK, true).await {
             Ok(Some(chunk)) => {
                 total += chunk.bytes.len() as u64;
-                if to.write_all(&chunk.bytes).await.is_err() {
+                // Flush each chunk: some sinks (tokio's stdout) hold written bytes until
+                // flushed, which would stall an interactive protocol such as SSH.
+                if to.write_all(&chunk.bytes).await.is_err() || to.flush().await.is_err() {
                     let _ = from.stop(ABORTED);
                     return total;
                 }
             }
             Ok(None) => {
-                let _ = to.flush().await;
                 let _ = to.shutdown().await;
                 return total;
             }
