@@ -84,11 +84,7 @@ impl Relay {
         config: RelayConfig,
         cancel: CancellationToken,
     ) -> Result<Relay, RelayError> {
-        let socket =
-            std::net::UdpSocket::bind(config.listen).map_err(|source| RelayError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let socket = ferry_transport::quic::udp_socket(config.listen)?;
         let bound = socket.local_addr().map_err(|source| RelayError::Bind {
             addr: config.listen,
             source,

@@ -139,10 +139,44 @@ pub fn client_endpoint(
     } else {
         "0.0.0.0:0".parse().expect("literal address")
     };
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    let socket = udp_socket(bind)?;
+    let mut endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(tls, limits)?);
     Ok(endpoint)
+}
+
+/// Socket buffer size we ask for. The kernel's default (about 208 KiB) overflows at
+/// gigabit rates: it drops datagrams, which QUIC takes for congestion and slows down.
+/// The kernel caps the request at `net.core.rmem_max`/`wmem_max` (raise those on
+/// busy relays).
+const SOCKET_BUFFER: usize = 8 * 1024 * 1024;
+
+/// Binds a UDP socket with large send and receive buffers.
+pub fn udp_socket(addr: SocketAddr) -> Result<std::net::UdpSocket, EndpointError> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let bind_err = |source| EndpointError::Bind { addr, source };
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+        .map_err(bind_err)?;
+    if addr.is_ipv6() {
+        // Accept IPv4-mapped peers on a `[::]` socket as well.
+        let _ = socket.set_only_v6(false);
+    }
+    for (what, result) in [
+        ("receive", socket.set_recv_buffer_size(SOCKET_BUFFER)),
+        ("send", socket.set_send_buffer_size(SOCKET_BUFFER)),
+    ] {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot enlarge the UDP {what} buffer");
+        }
+    }
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    Ok(socket.into())
 }
 
 /// quinn's client configuration from a rustls one.
