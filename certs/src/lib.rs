@@ -97,26 +97,21 @@ fn read(path: &Path) -> Result<String, CertError> {
     })
 }
 
+/// Writes a file only its owner can read (mode 0600 on Unix): private keys, tokens.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(contents)
+}
+
 fn write_private(path: &Path, contents: &str) -> Result<(), CertError> {
-    let io = |source| CertError::Io {
+    write_private_file(path, contents.as_bytes()).map_err(|source| CertError::Io {
         path: path.to_path_buf(),
         source,
-    };
-    #[cfg(unix)]
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io)?;
-        f.write_all(contents.as_bytes()).map_err(io)
-    }
-    #[cfg(not(unix))]
-    std::fs::write(path, contents).map_err(io)
+    })
 }
 
 impl Ca {

@@ -86,14 +86,7 @@ pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()>
 }
 
 pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options
-        .open(path)
-        .and_then(|mut f| f.write_all(secret.as_bytes()))
+    ferry_certs::write_private_file(path, secret.as_bytes())
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -46,14 +46,8 @@ impl CliConfig {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let text = toml::to_string(self).context("encoding the config")?;
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        use std::io::Write;
-        options
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
+        // The config holds the user's token.
+        ferry_certs::write_private_file(path, text.as_bytes())
             .with_context(|| format!("writing {}", path.display()))
     }
 }
