@@ -7,7 +7,9 @@
 //! again. Stream tasks live in a `JoinSet` owned by the connection they came on.
 
 mod backoff;
+mod pty;
 mod serve;
+mod terminal;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
 pub use serve::PortPolicy;
+pub use terminal::TerminalPolicy;
 
 /// How an agent runs.
 #[derive(Debug, Clone)]
@@ -37,6 +40,8 @@ pub struct AgentConfig {
     pub ports: PortPolicy,
     /// Where the workspace's SSH server listens.
     pub ssh_target: SocketAddr,
+    /// Whether terminal streams get a shell.
+    pub terminal: TerminalPolicy,
     pub limits: Limits,
     pub backoff: Backoff,
 }
@@ -50,6 +55,7 @@ impl AgentConfig {
             region: None,
             ports: PortPolicy::AnyLoopback,
             ssh_target: "127.0.0.1:22".parse().expect("literal address"),
+            terminal: TerminalPolicy::default(),
             limits: Limits::agent(),
             backoff: Backoff::default(),
         }
@@ -228,7 +234,7 @@ impl Agent {
                 Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 accepted = conn.accept_bi() => match accepted {
                     Ok((send, recv)) => {
-                        streams.spawn(serve::serve_stream(self.workspace.clone(), self.config.ports.clone(), self.config.ssh_target, send, recv));
+                        streams.spawn(serve::serve_stream(self.workspace.clone(), self.config.ports.clone(), self.config.ssh_target, self.config.terminal.clone(), send, recv));
                     }
                     Err(e) => break format!("connection to relay {} lost: {e}", relay.name),
                 }

@@ -31,7 +31,7 @@ impl PortPolicy {
     }
 }
 
-async fn refuse(mut send: SendStream, frame: ErrorFrame) {
+pub(crate) async fn refuse(mut send: SendStream, frame: ErrorFrame) {
     tracing::debug!(code = %frame.code, reason = %frame.message, "stream refused");
     let _ = write_frame(&mut send, &Reply::Error(frame)).await;
     let _ = send.finish();
@@ -41,6 +41,7 @@ pub async fn serve_stream(
     workspace: WorkspaceLabel,
     ports: PortPolicy,
     ssh_target: SocketAddr,
+    terminal: crate::terminal::TerminalPolicy,
     send: SendStream,
     mut recv: RecvStream,
 ) {
@@ -84,6 +85,10 @@ pub async fn serve_stream(
             return refuse(send, frame).await;
         }
         Target::Ssh => ssh_target,
+        Target::Terminal { cols, rows } => {
+            return crate::terminal::serve(&terminal, workspace.as_str(), cols, rows, send, recv)
+                .await;
+        }
     };
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,

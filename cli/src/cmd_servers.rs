@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use ferry_agent::{Agent, AgentConfig, PortPolicy};
+use ferry_agent::{Agent, AgentConfig, PortPolicy, TerminalPolicy};
 use ferry_control::{ControlConfig, ControlPlane};
 use ferry_proto::api::{MintTokenRequest, MintTokenResponse};
 use ferry_proto::token::TokenKind;
@@ -184,12 +184,23 @@ pub struct AgentArgs {
     /// The workspace's SSH server
     #[arg(long, default_value = "127.0.0.1:22")]
     pub ssh_target: SocketAddr,
+    /// Shell for `ferry terminal` and the web terminal [default: $SHELL, else /bin/sh]
+    #[arg(long)]
+    pub shell: Option<PathBuf>,
+    /// Refuse terminal sessions
+    #[arg(long, conflicts_with = "shell")]
+    pub disable_terminal: bool,
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     let mut config = AgentConfig::new(args.control_url, read_ca(&args.ca_file)?, args.token);
     config.region = args.region;
     config.ssh_target = args.ssh_target;
+    if args.disable_terminal {
+        config.terminal = TerminalPolicy::Disabled;
+    } else if let Some(shell) = args.shell {
+        config.terminal = TerminalPolicy::Shell(shell);
+    }
     if !args.allow_ports.is_empty() {
         config.ports = PortPolicy::Only(args.allow_ports);
     }

@@ -8,6 +8,7 @@ mod cmd_port_forward;
 mod cmd_servers;
 mod cmd_ssh;
 mod cmd_tcp;
+mod cmd_terminal;
 mod config;
 mod demo;
 
@@ -41,6 +42,8 @@ enum Command {
     PortForward(cmd_port_forward::PortForwardArgs),
     /// Connect standard input and output to a port in a workspace (like nc)
     Tcp(cmd_tcp::TcpArgs),
+    /// A shell in a workspace, on a real terminal (no SSH server needed)
+    Terminal(cmd_terminal::TerminalArgs),
     /// SSH into a workspace with the system's OpenSSH client
     Ssh(cmd_ssh::SshArgs),
     /// Add a `Host *.ferry` block to ~/.ssh/config (ssh, scp, rsync, editors)
@@ -111,6 +114,7 @@ fn main() {
             Command::PortForward(args) => cmd_port_forward::run(args, cancel).await,
             Command::Tcp(args) => cmd_tcp::run(args).await,
             Command::Ssh(args) => cmd_ssh::run(args).await,
+            Command::Terminal(args) => cmd_terminal::run(args).await,
             Command::ConfigSsh(args) => cmd_ssh::config_ssh(args),
         }
     });

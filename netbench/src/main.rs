@@ -4,11 +4,14 @@
 //! path, run one benchmark, write the report, and tear everything down on every exit.
 
 mod client;
+mod cpu;
+mod idle;
 mod latency;
 mod paths;
 mod procs;
 mod report;
 mod server;
+mod setup;
 mod stats;
 mod throughput;
 mod tmp;
@@ -24,7 +27,7 @@ use crate::paths::{Paths, State};
 #[derive(Debug, Parser)]
 #[command(
     name = "ferry-netbench",
-    about = "Throughput and latency of ferry port-forward vs direct TCP and ssh -L"
+    about = "Throughput, latency, setup and idle cost of ferry vs direct TCP, ssh -L and socat"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,6 +59,9 @@ enum Bench {
         /// Only measure client → server
         #[arg(long)]
         no_download: bool,
+        /// Parallel streams of the second mode, which shares --bytes among them (1: single stream only)
+        #[arg(long, default_value_t = 8)]
+        streams: usize,
     },
     /// Echo round-trip times on one connection, in microseconds
     Latency {
@@ -68,6 +74,39 @@ enum Bench {
         /// Message size in bytes
         #[arg(long, default_value_t = 64)]
         size: usize,
+    },
+    /// Cost of a new stream on a warm port-forward, and of a cold client process
+    Setup {
+        /// Sequential new connections per path for time to first byte [default: 1000, smoke 30]
+        #[arg(long)]
+        trials: Option<usize>,
+        /// New connections per path for the streams/s rate [default: 5000, smoke 100]
+        #[arg(long)]
+        rate_count: Option<usize>,
+        /// Concurrent workers for the rate
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// Cold client processes per client (ferry tcp, ssh -W) [default: 30, smoke 3]
+        #[arg(long)]
+        cold_trials: Option<usize>,
+    },
+    /// Relay memory and CPU per idle agent (agents simulated here, one relay process)
+    Idle {
+        /// Connected agents at each step [default: 1000,5000,10000, smoke 100,200]
+        #[arg(long, value_delimiter = ',')]
+        agents: Vec<usize>,
+        /// Client UDP endpoints the agents share
+        #[arg(long, default_value_t = 64)]
+        endpoints: usize,
+        /// Agent handshakes in flight while connecting
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Seconds of idle CPU measurement per step [default: 10, smoke 2]
+        #[arg(long)]
+        cpu_window: Option<u64>,
+        /// Longest wait, in seconds, for the relay to settle after a step [default: 120, smoke 15]
+        #[arg(long)]
+        settle_max: Option<u64>,
     },
 }
 
@@ -94,6 +133,41 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 async fn run(cli: Cli) -> Result<()> {
     let ferry_bin = paths::locate_ferry(cli.ferry.clone())?;
+    if let Bench::Idle {
+        agents,
+        endpoints,
+        concurrency,
+        cpu_window,
+        settle_max,
+    } = &cli.bench
+    {
+        // No bench server and no paths: only a control plane and a relay.
+        let mut agents = if agents.is_empty() {
+            if cli.smoke {
+                vec![100, 200]
+            } else {
+                vec![1000, 5000, 10000]
+            }
+        } else {
+            agents.clone()
+        };
+        agents.retain(|&n| n > 0);
+        agents.sort_unstable();
+        agents.dedup();
+        let settings = idle::Settings {
+            agents,
+            endpoints: (*endpoints).max(1),
+            concurrency: (*concurrency).max(1),
+            cpu_window_secs: cpu_window.unwrap_or(if cli.smoke { 2 } else { 10 }).max(1),
+            settle_max_secs: settle_max.unwrap_or(if cli.smoke { 15 } else { 120 }),
+        };
+        let time = report::unix_time();
+        let json = cli
+            .json
+            .clone()
+            .unwrap_or_else(|| report::default_json_path("idle", time));
+        return idle::run(&ferry_bin, &settings, cli.smoke, &json, time).await;
+    }
     let server = server::Server::start()?;
     let opts = paths::Options {
         ferry_bin,
@@ -127,11 +201,13 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             bytes,
             trials,
             no_download,
+            streams,
         } => {
             let settings = throughput::Settings {
                 bytes: bytes.unwrap_or(if cli.smoke { 8 << 20 } else { 1 << 30 }),
                 trials: trials.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1),
                 download: !no_download,
+                streams: streams.max(1),
             };
             throughput::run(paths, &settings, cli.smoke, &json("throughput"), time).await
         }
@@ -147,6 +223,23 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             };
             latency::run(paths, &settings, cli.smoke, &json("latency"), time).await
         }
+        Bench::Setup {
+            trials,
+            rate_count,
+            workers,
+            cold_trials,
+        } => {
+            let settings = setup::Settings {
+                trials: trials.unwrap_or(if cli.smoke { 30 } else { 1000 }).max(1),
+                rate_count: rate_count
+                    .unwrap_or(if cli.smoke { 100 } else { 5000 })
+                    .max(1),
+                workers: workers.max(1),
+                cold_trials: cold_trials.unwrap_or(if cli.smoke { 3 } else { 30 }).max(1),
+            };
+            setup::run(paths, &settings, cli.smoke, &json("setup"), time).await
+        }
+        Bench::Idle { .. } => bail!("idle runs without the paths (see `run`)"),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Child processes (ferry, sshd, ssh) that cannot outlive the benchmark: each is killed
+//! Child processes (ferry, sshd, ssh, socat) that cannot outlive the benchmark: each is killed
 //! when its handle is dropped (error paths, Ctrl-C) and killed and reaped explicitly on
 //! the normal path. Their output goes to a log file whose tail explains a failure.
 
@@ -40,6 +40,11 @@ impl Proc {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }
@@ -50,6 +55,31 @@ impl Proc {
             bail!("{} exited early ({status}){}", self.name, self.log_tail());
         }
         Ok(())
+    }
+
+    /// Polls until this process has written the JSON file `path` (ferry's
+    /// `--ready-file`, written atomically), failing early if the process exits.
+    pub async fn wait_for_json(
+        &mut self,
+        path: &std::path::Path,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(text) = std::fs::read_to_string(path) {
+                return serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {} from {}", path.display(), self.name));
+            }
+            self.ensure_running()?;
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "{} was not ready after {timeout:?}{}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The last lines of the log, formatted to append to an error message.

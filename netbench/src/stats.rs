@@ -33,6 +33,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 pub struct Latency {
     pub samples: usize,
     pub p50_us: f64,
+    pub p90_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub mean_us: f64,
@@ -52,6 +53,7 @@ impl Latency {
         Latency {
             samples: us.len(),
             p50_us: percentile(&us, 50.0),
+            p90_us: percentile(&us, 90.0),
             p99_us: percentile(&us, 99.0),
             p999_us: percentile(&us, 99.9),
             mean_us: mean,

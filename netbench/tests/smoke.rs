@@ -1,4 +1,4 @@
-//! Runs both benchmarks in smoke mode against the real `ferry` binary and checks the
+//! Runs every benchmark in smoke mode against the real `ferry` binary and checks the
 //! JSON they write. It checks that every path works and reports numbers, never how big
 //! the numbers are (that depends on the machine).
 
@@ -82,12 +82,35 @@ fn throughput_and_latency_smoke() {
             &format!("{path} download"),
         );
     }
-    // ssh is either measured or plainly skipped; a failure would have failed the run.
-    let ssh = &report["paths"]["ssh"];
-    assert!(
-        ssh["status"] == "ok" || ssh["status"] == "skipped",
-        "ssh: {ssh}"
+    // 8 parallel streams, and the CPU cost of ferry's own processes.
+    let ferry = &report["paths"]["ferry"];
+    assert_eq!(ferry["parallel"]["streams"], 8, "{ferry}");
+    positive(
+        &ferry["parallel"]["upload_gbps"]["median"],
+        "ferry x8 upload",
     );
+    positive(
+        &ferry["parallel"]["download_gbps"]["median"],
+        "ferry x8 download",
+    );
+    for key in ["upload_ns_per_byte", "download_ns_per_byte"] {
+        // CPU is counted in clock ticks (10 ms): a smoke transfer may cost less than one.
+        let v = ferry["cpu"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("ferry cpu {key}"));
+        assert!(v >= 0.0 && v.is_finite(), "ferry cpu {key} = {v}");
+    }
+    assert!(report["paths"]["direct"]["cpu"]["upload_ns_per_byte"].is_null());
+    // ssh and socat are either measured or plainly skipped; a failure would have failed
+    // the run. rathole and bore are skipped unless installed.
+    for key in ["ssh", "socat", "rathole", "bore"] {
+        let entry = &report["paths"][key];
+        assert!(
+            entry["status"] == "ok" || entry["status"] == "skipped",
+            "{key}: {entry}"
+        );
+    }
+    assert!(report["comparison"]["ferry_over"]["direct"]["upload"].is_f64());
 
     let report = run("latency", &dir);
     assert_eq!(report["bench"], "latency");
@@ -99,5 +122,56 @@ fn throughput_and_latency_smoke() {
         assert!(p99 >= p50, "{path}: p99 {p99} < p50 {p50}");
     }
 
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn setup_smoke() {
+    let dir = scratch("setup");
+    let report = run("setup", &dir);
+    assert_eq!(report["bench"], "setup");
+    for path in ["direct", "ferry"] {
+        let entry = &report["paths"][path];
+        assert_eq!(entry["status"], "ok", "{path}: {entry}");
+        let p50 = positive(&entry["ttfb"]["p50_us"], &format!("{path} first byte p50"));
+        let p90 = positive(&entry["ttfb"]["p90_us"], &format!("{path} first byte p90"));
+        assert!(p90 >= p50, "{path}: p90 {p90} < p50 {p50}");
+        positive(&entry["streams_per_sec"], &format!("{path} streams/s"));
+    }
+    let cold = &report["comparison"]["cold"];
+    assert_eq!(cold["ferry"]["status"], "ok", "{cold}");
+    let first = positive(
+        &cold["ferry"]["first_byte"]["p50_us"],
+        "cold ferry first byte",
+    );
+    let exit = positive(&cold["ferry"]["exit"]["p50_us"], "cold ferry exit");
+    assert!(exit >= first, "exit {exit} before first byte {first}");
+    let ssh = &cold["ssh"];
+    assert!(
+        ssh["status"] == "ok" || ssh["status"] == "skipped",
+        "ssh: {ssh}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn idle_smoke() {
+    let dir = scratch("idle");
+    let report = run("idle", &dir);
+    assert_eq!(report["bench"], "idle");
+    positive(
+        &report["relay_pss_kib_no_agents"],
+        "relay PSS with no agents",
+    );
+    let steps = report["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    for (step, agents) in steps.iter().zip([100, 200]) {
+        assert_eq!(step["agents"], agents, "{step}");
+        assert_eq!(step["dropped"], 0, "{step}");
+        positive(&step["relay_pss_kib"], "relay PSS");
+        let cpu = step["idle_cpu_percent"].as_f64().expect("idle CPU");
+        assert!(cpu >= 0.0 && cpu.is_finite(), "idle CPU {cpu}");
+    }
+    assert!(report["kib_per_agent"].is_f64(), "{report}");
     let _ = std::fs::remove_dir_all(&dir);
 }

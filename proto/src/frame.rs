@@ -10,6 +10,7 @@
 //! StreamHeader = version:u8  hops:u8  label_len:u8  label:[u8; label_len]  target
 //! target       = 0x01 port:u16          ; a TCP port on the workspace's loopback
 //!              | 0x02                    ; the workspace's SSH service
+//!              | 0x03 cols:u16 rows:u16  ; a shell on a new PTY (see crate::terminal)
 //! Reply        = 0x00                    ; ok, raw bytes follow
 //!              | 0x01 code:u16 msg_len:u16 msg:[u8; msg_len]   ; error, stream ends
 //! ```
@@ -65,16 +66,20 @@ pub enum Target {
     Port(u16),
     /// The workspace's SSH server, wherever the agent was told it listens.
     Ssh,
+    /// A login shell on a new PTY of this size.
+    Terminal { cols: u16, rows: u16 },
 }
 
 const TARGET_PORT: u8 = 0x01;
 const TARGET_SSH: u8 = 0x02;
+const TARGET_TERMINAL: u8 = 0x03;
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Port(p) => write!(f, "port {p}"),
             Target::Ssh => f.write_str("ssh"),
+            Target::Terminal { cols, rows } => write!(f, "terminal {cols}x{rows}"),
         }
     }
 }
@@ -102,6 +107,7 @@ impl StreamHeader {
             + match self.target {
                 Target::Port(_) => 3,
                 Target::Ssh => 1,
+                Target::Terminal { .. } => 5,
             }
     }
 
@@ -117,6 +123,11 @@ impl StreamHeader {
                 buf.put_u16(p);
             }
             Target::Ssh => buf.put_u8(TARGET_SSH),
+            Target::Terminal { cols, rows } => {
+                buf.put_u8(TARGET_TERMINAL);
+                buf.put_u16(cols);
+                buf.put_u16(rows);
+            }
         }
     }
 
@@ -147,6 +158,17 @@ impl StreamHeader {
                 Target::Port(port)
             }
             TARGET_SSH => Target::Ssh,
+            TARGET_TERMINAL => {
+                let cols = get_u16(buf, "columns")?;
+                let rows = get_u16(buf, "rows")?;
+                if cols == 0 || rows == 0 {
+                    return Err(DecodeError::Invalid {
+                        field: "terminal size",
+                        reason: format!("{cols}x{rows}"),
+                    });
+                }
+                Target::Terminal { cols, rows }
+            }
             tag => {
                 return Err(DecodeError::UnknownTag {
                     field: "target",

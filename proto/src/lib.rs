@@ -15,6 +15,7 @@ pub mod codec;
 pub mod error_code;
 pub mod frame;
 pub mod label;
+pub mod terminal;
 pub mod token;
 
 pub use codec::DecodeError;

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -15,11 +15,50 @@ use crate::procs::{is_executable, Proc};
 pub struct Forward {
     pub addr: SocketAddr,
     pub relay: String,
+    workspace: String,
+    target_port: u16,
+    ferry: PathBuf,
+    config: PathBuf,
     dev: Proc,
     forward: Proc,
 }
 
+/// Variables that would point a ferry command at the user's own network.
+const USER_VARS: [&str; 4] = [
+    "FERRY_CONTROL_URL",
+    "FERRY_CA",
+    "FERRY_TOKEN",
+    "FERRY_DATA_DIR",
+];
+
 impl Forward {
+    /// `ferry dev` (control plane, relays, agent) and `ferry port-forward`.
+    pub fn pids(&self) -> Vec<u32> {
+        [self.dev.pid(), self.forward.pid()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    /// `ferry tcp WORKSPACE PORT` against the same network: a new QUIC connection and
+    /// route lookup each time.
+    pub fn cold_client(&self) -> super::ColdClient {
+        let mut envs = vec![("FERRY_CONFIG".into(), self.config.clone().into_os_string())];
+        if std::env::var_os("FERRY_LOG").is_none() {
+            envs.push(("FERRY_LOG".into(), "warn".into()));
+        }
+        super::ColdClient {
+            program: self.ferry.clone(),
+            args: vec![
+                "tcp".into(),
+                self.workspace.clone().into(),
+                self.target_port.to_string().into(),
+            ],
+            envs,
+            env_remove: USER_VARS.to_vec(),
+        }
+    }
+
     pub async fn stop(self) {
         self.forward.stop().await;
         self.dev.stop().await;
@@ -55,14 +94,9 @@ pub fn locate(flag: Option<PathBuf>) -> Result<PathBuf> {
 
 /// A ferry command whose settings come only from `config`, never from the user's
 /// environment or their real ~/.config/ferry.
-fn command(ferry: &Path, config: &Path) -> Command {
+pub fn command(ferry: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(ferry);
-    for var in [
-        "FERRY_CONTROL_URL",
-        "FERRY_CA",
-        "FERRY_TOKEN",
-        "FERRY_DATA_DIR",
-    ] {
+    for var in USER_VARS {
         cmd.env_remove(var);
     }
     cmd.env("FERRY_CONFIG", config);
@@ -94,17 +128,7 @@ pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward
     let mut dev = Proc::spawn("ferry dev", dev_cmd, tmp.join("dev.log"), false)?;
 
     // dev writes the ready file (atomically) once the agent is connected.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let ready_json: serde_json::Value = loop {
-        if let Ok(text) = std::fs::read_to_string(&ready) {
-            break serde_json::from_str(&text).context("parsing the ready file of ferry dev")?;
-        }
-        dev.ensure_running()?;
-        if Instant::now() > deadline {
-            bail!("ferry dev was not ready after 30s{}", dev.log_tail());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let ready_json = dev.wait_for_json(&ready, Duration::from_secs(30)).await?;
     let workspace = ready_json["workspace"]
         .as_str()
         .context("the ready file names no workspace")?
@@ -147,6 +171,10 @@ pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward
     Ok(Forward {
         addr,
         relay,
+        workspace,
+        target_port,
+        ferry: ferry.to_path_buf(),
+        config,
         dev,
         forward,
     })

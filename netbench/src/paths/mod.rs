@@ -1,12 +1,15 @@
 //! The paths under comparison, all ending at the bench server: `direct` (plain
 //! loopback TCP), `ferry` (through `ferry port-forward` and a local `ferry dev`
-//! network) and `ssh` (through `ssh -L` and a private sshd). Each path is just a
-//! loopback address to connect to; setting it up and tearing it down lives here.
+//! network), `ssh` (through `ssh -L` and a private sshd), `socat` (a plain TCP relay),
+//! and `rathole`/`bore` (reported as skipped unless installed). Each path is just a
+//! loopback address to connect to plus the processes that carry it; setting them up
+//! and tearing them down lives here.
 
 mod ferry;
+mod socat;
 mod ssh;
 
-pub use ferry::locate as locate_ferry;
+pub use ferry::{command as ferry_command, locate as locate_ferry};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +17,28 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::tmp::TempDir;
+
+/// A client program that connects its stdin and stdout to the bench server through a
+/// path, started anew for each use (a cold start: new connection, new handshake).
+#[derive(Debug, Clone)]
+pub struct ColdClient {
+    pub program: PathBuf,
+    pub args: Vec<std::ffi::OsString>,
+    pub envs: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+    pub env_remove: Vec<&'static str>,
+}
+
+impl ColdClient {
+    pub fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.program);
+        cmd.args(&self.args);
+        for var in &self.env_remove {
+            cmd.env_remove(var);
+        }
+        cmd.envs(self.envs.iter().map(|(k, v)| (k, v)));
+        cmd
+    }
+}
 
 pub struct Options {
     pub ferry_bin: PathBuf,
@@ -46,6 +71,7 @@ pub struct Paths {
     pub ssh_version: Option<String>,
     ferry: Option<ferry::Forward>,
     ssh: Option<ssh::Forward>,
+    socat: Option<socat::Forward>,
     // Declared last so that it is removed after the processes using it are gone.
     _tmp: TempDir,
 }
@@ -97,18 +123,78 @@ impl Paths {
             state: ssh_state,
         });
 
+        let (socat_state, socat) = match socat::find() {
+            None => (State::Skipped("skipped (socat not installed)".into()), None),
+            Some(bin) => {
+                eprintln!("starting socat...");
+                match socat::start(&bin, tmp.path(), server.port()).await {
+                    Ok(fwd) => (State::Ready(fwd.addr), Some(fwd)),
+                    Err(e) => (State::Failed(format!("{e:#}")), None),
+                }
+            }
+        };
+        list.push(Path {
+            key: "socat",
+            label: "socat",
+            state: socat_state,
+        });
+        for (key, bin) in [("rathole", "rathole"), ("bore", "bore")] {
+            let reason = match crate::procs::which(bin) {
+                None => "skipped (not installed; `cargo install rathole bore-cli`)".to_string(),
+                Some(path) => format!(
+                    "skipped ({} is installed, but netbench does not drive it yet)",
+                    path.display()
+                ),
+            };
+            list.push(Path {
+                key,
+                label: key,
+                state: State::Skipped(reason),
+            });
+        }
+
         Ok(Paths {
             list,
             ferry_relay,
             ssh_version,
             ferry: Some(forward),
             ssh,
+            socat,
             _tmp: tmp,
         })
     }
 
+    /// The processes that carry path `key` (their CPU is the path's cost); empty for
+    /// `direct`, which has none.
+    pub fn pids(&self, key: &str) -> Vec<u32> {
+        match key {
+            "ferry" => self.ferry.as_ref().map(|f| f.pids()).unwrap_or_default(),
+            "ssh" => self.ssh.as_ref().map(|f| f.pids()).unwrap_or_default(),
+            "socat" => self
+                .socat
+                .as_ref()
+                .and_then(|f| f.socat.pid())
+                .into_iter()
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// How to run a cold `ferry tcp` client to the bench server (for `setup`).
+    pub fn ferry_cold(&self) -> Option<ColdClient> {
+        self.ferry.as_ref().map(|f| f.cold_client())
+    }
+
+    /// How to run a cold `ssh -W` client to the bench server, when ssh is set up.
+    pub fn ssh_cold(&self) -> Option<ColdClient> {
+        self.ssh.as_ref().map(|f| f.cold_client())
+    }
+
     /// Kills and reaps every process (clients before the servers they use).
     pub async fn shutdown(mut self) {
+        if let Some(socat) = self.socat.take() {
+            socat.stop().await;
+        }
         if let Some(ssh) = self.ssh.take() {
             ssh.stop().await;
         }

@@ -1,6 +1,7 @@
 //! The ssh path, for reference: a private sshd on a free loopback port (own host key,
 //! own authorized key, own config; nothing of the system's sshd is used) and `ssh -N
-//! -L` to the bench server. ssh picks its default cipher, as it would for a user.
+//! -L` to the bench server (and `ssh -W` to it, for cold starts). ssh picks its default
+//! cipher, as it would for a user.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,11 +50,25 @@ impl Tools {
 
 pub struct Forward {
     pub addr: SocketAddr,
+    /// `ssh -W` to the bench server with the same key and sshd: a cold client.
+    cold: super::ColdClient,
     sshd: Proc,
     ssh: Proc,
 }
 
 impl Forward {
+    /// sshd (with its per-connection children) and ssh.
+    pub fn pids(&self) -> Vec<u32> {
+        [self.sshd.pid(), self.ssh.pid()]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    pub fn cold_client(&self) -> super::ColdClient {
+        self.cold.clone()
+    }
+
     pub async fn stop(self) {
         self.ssh.stop().await;
         self.sshd.stop().await;
@@ -163,29 +178,44 @@ pub async fn start(tools: &Tools, tmp: &Path, target_port: u16) -> Result<Forwar
     }
 
     let local_port = free_port()?;
+    let common: Vec<std::ffi::OsString> = [
+        "-F",
+        "/dev/null",
+        "-i",
+        &client_key.to_string_lossy(),
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+        "-o",
+        "LogLevel=ERROR",
+        "-p",
+        &sshd_port.to_string(),
+    ]
+    .iter()
+    .map(|s| s.into())
+    .collect();
     let mut ssh_cmd = Command::new(&tools.ssh);
     ssh_cmd
-        .args(["-N", "-F", "/dev/null", "-L"])
+        .args(["-N", "-L"])
         .arg(format!("127.0.0.1:{local_port}:127.0.0.1:{target_port}"))
-        .arg("-i")
-        .arg(&client_key)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "ExitOnForwardFailure=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-p",
-        ])
-        .arg(sshd_port.to_string())
+        .args(&common)
         .arg(format!("{user}@127.0.0.1"));
+    let mut cold_args = vec!["-W".into(), format!("127.0.0.1:{target_port}").into()];
+    cold_args.extend(common.iter().cloned());
+    cold_args.push(format!("{user}@127.0.0.1").into());
+    let cold = super::ColdClient {
+        program: tools.ssh.clone(),
+        args: cold_args,
+        envs: Vec::new(),
+        env_remove: Vec::new(),
+    };
     let mut ssh = Proc::spawn("ssh -L", ssh_cmd, dir.join("ssh.log"), false)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], local_port));
     // The forward is usable once ssh listens and one echo makes it to the server and back.
@@ -205,5 +235,10 @@ pub async fn start(tools: &Tools, tmp: &Path, target_port: u16) -> Result<Forwar
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Forward { addr, sshd, ssh })
+    Ok(Forward {
+        addr,
+        cold,
+        sshd,
+        ssh,
+    })
 }

@@ -9,7 +9,11 @@ fn label_strategy() -> impl Strategy<Value = WorkspaceLabel> {
 }
 
 fn target_strategy() -> impl Strategy<Value = Target> {
-    prop_oneof![(1u16..).prop_map(Target::Port), Just(Target::Ssh)]
+    prop_oneof![
+        (1u16..).prop_map(Target::Port),
+        Just(Target::Ssh),
+        (1u16.., 1u16..).prop_map(|(cols, rows)| Target::Terminal { cols, rows })
+    ]
 }
 
 fn round_trip<F: Frame + PartialEq + std::fmt::Debug>(frame: &F) {
