@@ -79,7 +79,10 @@ impl WorkspaceConnection {
     /// Closes the connection and lets the close reach the relay.
     pub async fn close(self) {
         self.session.conn.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        // The CONNECTION_CLOSE leaves on the driver's next poll, within microseconds;
+        // `wait_idle` would also wait out the draining period (three PTOs, ~80 ms even
+        // on loopback), which only delays the exit of `ferry tcp` and of ssh with it.
+        let _ = tokio::time::timeout(Duration::from_millis(20), self.endpoint.wait_idle()).await;
     }
 }
 

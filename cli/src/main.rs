@@ -127,6 +127,6 @@ fn main() {
     };
     // Standard input is read on a blocking thread that cannot be interrupted; exit
     // without waiting for it (everything that matters has been flushed and closed).
-    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    runtime.shutdown_background();
     std::process::exit(code);
 }
