@@ -23,6 +23,8 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Names the HTTPS certificate covers (host names and IP addresses clients use).
     pub names: Vec<String>,
+    /// `postgres://...` for a shared PostgreSQL store; default: SQLite in `data_dir`.
+    pub database_url: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -31,6 +33,7 @@ impl Default for ControlConfig {
             data_dir: PathBuf::from("ferry-data"),
             listen: "127.0.0.1:7443".parse().expect("literal address"),
             names: vec!["localhost".into(), "127.0.0.1".into()],
+            database_url: None,
         }
     }
 }
@@ -64,7 +67,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl ControlPlane {
     /// Loads state and binds the listener.
     pub async fn bind(config: &ControlConfig) -> Result<ControlPlane, ServeError> {
-        let state = Arc::new(State::load_or_create(&config.data_dir)?);
+        let state = Arc::new(State::open(&config.data_dir, config.database_url.as_deref()).await?);
         let cert = state.ca().issue(&config.names, Usage::Server)?;
         let tls = ferry_certs::server_config(&cert, &[b"http/1.1"])?;
         let listener =
@@ -92,8 +95,14 @@ impl ControlPlane {
     }
 
     /// Mints a token directly (for `ferry dev` and the bootstrap admin token).
-    pub fn mint(&self, kind: TokenKind, subject: &str, ttl_secs: u64) -> String {
-        self.state.mint(kind, subject, ttl_secs).0
+    pub async fn mint(
+        &self,
+        kind: TokenKind,
+        subject: &str,
+        name: &str,
+        ttl_secs: u64,
+    ) -> Result<String, StateError> {
+        Ok(self.state.mint(kind, subject, name, ttl_secs).await?.0)
     }
 
     /// Serves until `cancel` fires, then drains open connections for a short grace.
@@ -116,7 +125,10 @@ impl ControlPlane {
                         }
                     };
                     let acceptor = self.acceptor.clone();
-                    let service = TowerToHyperService::new(router.clone());
+                    // The login rate limit needs the peer's address.
+                    let service = TowerToHyperService::new(
+                        router.clone().layer(axum::Extension(crate::api::Peer(peer))),
+                    );
                     let cancel = cancel.clone();
                     connections.spawn(async move {
                         let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {

@@ -10,9 +10,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferry_proto::api::{MintTokenRequest, MintTokenResponse, RouteResponse};
+use ferry_proto::api::{
+    CreateTokenRequest, CreateUserRequest, CreateWorkspaceRequest, MintTokenRequest,
+    MintTokenResponse, NewTokenResponse, RouteResponse, UserInfo, WorkspaceInfo,
+};
 use ferry_proto::token::TokenKind;
 use ferry_transport::ControlClient;
+use ferry_transport::ControlError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -82,7 +86,9 @@ pub fn spawn_ferry(dir: &Path, log_name: &str, args: &[&str], envs: &[(&str, &st
 
 pub struct Relay {
     pub name: String,
+    pub region: String,
     pub addr: SocketAddr,
+    pub token: String,
     pub child: Child,
 }
 
@@ -167,8 +173,22 @@ impl Network {
         listen: &str,
     ) -> Result<SocketAddr> {
         let token = self.mint(TokenKind::Relay, name, None).await?;
+        self.start_relay_with_token(name, region, listen, &token)
+            .await
+    }
+
+    /// Starts a relay process with a given token (no control-plane call of our own,
+    /// so it works while the control plane is down).
+    pub async fn start_relay_with_token(
+        &mut self,
+        name: &str,
+        region: &str,
+        listen: &str,
+        token: &str,
+    ) -> Result<SocketAddr> {
         let ready = self.dir.0.join(format!("relay-{name}.json"));
         let _ = std::fs::remove_file(&ready);
+        let cache = self.dir.0.join("relay-cache");
         let child = spawn_ferry(
             &self.dir.0,
             &format!("relay-{name}"),
@@ -186,25 +206,83 @@ impl Network {
                 self.ca_file.to_str().unwrap(),
                 "--cert-name",
                 "127.0.0.1",
+                "--cache-dir",
+                cache.to_str().unwrap(),
                 "--ready-file",
                 ready.to_str().unwrap(),
             ],
-            &[("FERRY_RELAY_TOKEN", &token)],
+            &[("FERRY_RELAY_TOKEN", token)],
         );
         let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
         let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
         self.relays.retain(|r| r.name != name);
         self.relays.push(Relay {
             name: name.to_string(),
+            region: region.to_string(),
             addr,
+            token: token.to_string(),
             child,
         });
         Ok(addr)
     }
 
-    /// Starts an agent process for `workspace` (NAME--OWNER).
+    /// Creates the owner and the workspace `label` (NAME--OWNER) unless they exist,
+    /// as an admin would.
+    pub async fn ensure_workspace(&self, label: &str) -> Result<()> {
+        let label = ferry_proto::WorkspaceLabel::parse(label)?;
+        let client = self.control_client();
+        let admin = Some(self.admin_token.as_str());
+        let user: Result<UserInfo, _> = client
+            .post(
+                "/api/v1/users",
+                admin,
+                &CreateUserRequest {
+                    name: label.owner().to_string(),
+                    password: None,
+                },
+            )
+            .await;
+        match user {
+            Ok(_) => {}
+            Err(ControlError::Api { status: 409, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ws: Result<WorkspaceInfo, _> = client
+            .post(
+                "/api/v1/workspaces",
+                admin,
+                &CreateWorkspaceRequest {
+                    name: label.name().to_string(),
+                    owner: Some(label.owner().to_string()),
+                },
+            )
+            .await;
+        match ws {
+            Ok(_) => Ok(()),
+            Err(ControlError::Api { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new agent token for `workspace`, creating the workspace if needed.
+    pub async fn agent_token(&self, workspace: &str) -> Result<NewTokenResponse> {
+        self.ensure_workspace(workspace).await?;
+        Ok(self
+            .control_client()
+            .post(
+                &format!("/api/v1/workspaces/{workspace}/agent-tokens"),
+                Some(&self.admin_token),
+                &CreateTokenRequest {
+                    name: "test agent".into(),
+                    ttl_secs: None,
+                },
+            )
+            .await?)
+    }
+
+    /// Starts an agent process for `workspace` (NAME--OWNER), creating the workspace.
     pub async fn start_agent(&mut self, workspace: &str, extra: &[&str]) -> Result<()> {
-        let token = self.mint(TokenKind::Agent, workspace, None).await?;
+        let token = self.agent_token(workspace).await?.token;
         let mut args = vec![
             "agent",
             "--control",

@@ -1,0 +1,121 @@
+//! Token signing keys, kept in the store so that every control-plane replica signs and
+//! verifies with the same set.
+//!
+//! The newest unretired key signs. Rotation adds a key and retires the others; a
+//! retired key stays published (at `/api/v1/keys`, and so in every relay's cache) until
+//! the last token it signed has expired, so rotating never logs anyone out.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use ferry_proto::token::{KeySet, PublicKey, SigningKey};
+
+use crate::store::{KeyRow, Store, StoreError};
+
+/// Why the keys could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyringError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("signing key `{kid}` in the store is unreadable: {reason}")]
+    BadKey { kid: String, reason: String },
+    #[error(transparent)]
+    Key(#[from] ferry_proto::token::KeyError),
+    #[error("the store holds no usable signing key")]
+    NoSigner,
+}
+
+/// The keys in force: one signer and every key a valid token may carry.
+pub struct Keyring {
+    signer: SigningKey,
+    published: KeySet,
+}
+
+/// A fresh, unguessable key id (two replicas may create keys in the same second).
+fn new_kid(now: i64) -> String {
+    let mut bytes = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("k{now}-{suffix}")
+}
+
+/// Generates a key and stores it (unretired).
+pub async fn create_key(store: &Store, now: i64) -> Result<String, KeyringError> {
+    let key = SigningKey::generate(new_kid(now))?;
+    import_key(store, &key, now).await?;
+    Ok(key.kid().to_string())
+}
+
+/// Stores an existing key (e.g. the file-based key of an older data directory).
+pub async fn import_key(store: &Store, key: &SigningKey, now: i64) -> Result<(), KeyringError> {
+    store
+        .insert_key(&KeyRow {
+            kid: key.kid().to_string(),
+            pkcs8_b64: B64.encode(key.pkcs8()),
+            created_at: now,
+            retired_at: None,
+        })
+        .await?;
+    Ok(())
+}
+
+/// Makes a new signing key and retires the others; returns the new key id.
+pub async fn rotate(store: &Store, now: i64) -> Result<String, KeyringError> {
+    let kid = create_key(store, now).await?;
+    store.retire_keys_except(&kid, now).await?;
+    Ok(kid)
+}
+
+impl Keyring {
+    /// Reads the keys from the store.
+    pub async fn load(store: &Store, now: i64) -> Result<Keyring, KeyringError> {
+        let rows = store.keys().await?;
+        let mut signer_row = None;
+        let mut published = Vec::new();
+        for row in &rows {
+            let keep = match row.retired_at {
+                None => true,
+                // A retired key matters while a token it signed may still be presented.
+                Some(_) => store
+                    .last_expiry_signed_by(&row.kid)
+                    .await?
+                    .is_some_and(|last| last > now),
+            };
+            if !keep {
+                continue;
+            }
+            let key = decode(row)?;
+            published.push(key.public_key());
+            if row.retired_at.is_none() {
+                // Rows come oldest first: the last unretired one is the newest.
+                signer_row = Some(row);
+            }
+        }
+        let signer = decode(signer_row.ok_or(KeyringError::NoSigner)?)?;
+        Ok(Keyring {
+            signer,
+            published: KeySet::new(published),
+        })
+    }
+
+    pub fn signer(&self) -> &SigningKey {
+        &self.signer
+    }
+
+    pub fn published(&self) -> &KeySet {
+        &self.published
+    }
+
+    pub fn public_keys(&self) -> Vec<PublicKey> {
+        self.published.to_public_keys()
+    }
+}
+
+fn decode(row: &KeyRow) -> Result<SigningKey, KeyringError> {
+    let bad = |reason: String| KeyringError::BadKey {
+        kid: row.kid.clone(),
+        reason,
+    };
+    let pkcs8 = B64.decode(&row.pkcs8_b64).map_err(|e| bad(e.to_string()))?;
+    SigningKey::from_pkcs8(row.kid.clone(), &pkcs8).map_err(|e| bad(e.to_string()))
+}

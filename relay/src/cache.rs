@@ -1,0 +1,168 @@
+//! What a relay must remember to keep working while the control plane is away: its
+//! certificate, the token keys and the revocation list, kept in memory and in one
+//! JSON file in the cache directory (`relay-NAME.json`, mode 0600: it holds the
+//! relay's private key).
+//!
+//! [`sync`] is the relay's one periodic call to the control plane: every
+//! [`SYNC_INTERVAL`] it heartbeats and gets the current keys and revocations back, so
+//! a revoked token is refused within about that long, and a rotated key is known
+//! before tokens signed with it arrive. When the control plane cannot be reached the
+//! relay goes on with what it has; a relay that restarts during the outage starts
+//! from the file.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::api::{HeartbeatRequest, HeartbeatResponse, RegisterRelayResponse, Revoked};
+use ferry_proto::token::{KeySet, PublicKey};
+use ferry_transport::ControlClient;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::server::Shared;
+
+/// How often the relay heartbeats and refreshes keys and revocations.
+pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The cache file's contents.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Cached {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
+    pub keys: Vec<PublicKey>,
+    #[serde(default)]
+    pub revoked: Vec<Revoked>,
+}
+
+/// Why the cache file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not a relay cache: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+/// The cache file of relay `name` in `dir`.
+pub fn path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("relay-{name}.json"))
+}
+
+impl Cached {
+    pub fn from_registration(r: &RegisterRelayResponse) -> Cached {
+        Cached {
+            cert_pem: r.cert_pem.clone(),
+            key_pem: r.key_pem.clone(),
+            ca_pem: r.ca_pem.clone(),
+            keys: r.keys.clone(),
+            revoked: Vec::new(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Cached, CacheError> {
+        let text = std::fs::read(path).map_err(|source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|e| CacheError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Writes atomically (temp file, then rename), private to the relay's user.
+    pub fn save(&self, path: &Path) -> Result<(), CacheError> {
+        use std::io::Write;
+        let io = |source| CacheError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let tmp = path.with_extension("tmp");
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| CacheError::Corrupt {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        options
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(&json))
+            .map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)
+    }
+}
+
+/// The revoked token ids a relay refuses.
+pub fn revoked_set(list: &[Revoked]) -> Arc<HashSet<String>> {
+    Arc::new(list.iter().map(|r| r.jti.clone()).collect())
+}
+
+/// Heartbeats and refreshes keys and revocations until cancelled; rewrites the cache
+/// file when they change.
+pub(crate) async fn sync(
+    shared: Arc<Shared>,
+    control: ControlClient,
+    token: String,
+    mut cached: Option<(PathBuf, Cached)>,
+    cancel: CancellationToken,
+) {
+    let mut last: Option<(Vec<PublicKey>, Vec<Revoked>)> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+        }
+        let request = HeartbeatRequest {
+            agents: shared.agents.len() as u64,
+        };
+        let resp: HeartbeatResponse = match control
+            .post("/api/v1/relays/heartbeat", Some(&token), &request)
+            .await
+        {
+            Ok(r) => r,
+            // Keep verifying with the cached keys and revocations meanwhile.
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                continue;
+            }
+        };
+        if last.as_ref() == Some(&(resp.keys.clone(), resp.revoked.clone())) {
+            continue;
+        }
+        if resp.keys.is_empty() {
+            tracing::warn!("control plane returned an empty key set; keeping the cached one");
+        } else {
+            *shared.keys.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(KeySet::new(resp.keys.clone()));
+        }
+        *shared.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked_set(&resp.revoked);
+        tracing::debug!(
+            keys = resp.keys.len(),
+            revoked = resp.revoked.len(),
+            "token keys and revocations updated"
+        );
+        if let Some((path, file)) = cached.as_mut() {
+            if !resp.keys.is_empty() {
+                file.keys = resp.keys.clone();
+            }
+            file.revoked = resp.revoked.clone();
+            if let Err(e) = file.save(path) {
+                tracing::warn!(error = %e, "cannot write the relay cache");
+            }
+        }
+        last = Some((resp.keys, resp.revoked));
+    }
+}
