@@ -597,7 +597,9 @@ async fn malformed_oversized_and_unknown_input_gets_typed_4xx_never_500() {
     let p = Plane::start("bad-input").await;
     let admin = Some(p.admin.as_str());
     let json = "application/json";
-    let cases: Vec<(&str, Option<&str>, &str, Vec<u8>, u16, &str)> = vec![
+    // (path, token, content type, body, status, code)
+    type Case<'a> = (&'a str, Option<&'a str>, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "/api/v1/users",
             admin,

@@ -125,7 +125,7 @@ impl From<JsonRejection> for ApiError {
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         if let StateError::Store(crate::store::StoreError::Conflict { what }) = &e {
-            return ApiError::new(StatusCode::CONFLICT, "conflict", format!("{what}"));
+            return ApiError::new(StatusCode::CONFLICT, "conflict", what.to_string());
         }
         // Our side failed (most likely the database): log it, tell the client little.
         tracing::error!(error = %e, "request failed");
