@@ -196,5 +196,50 @@ async fn with_the_control_plane_down_a_restarted_relay_still_routes_known_worksp
         refused_as_revoked(&r),
         "revoked token accepted after the restart"
     );
+
+    // The agent leaves while the control plane is still down: the relay's report is
+    // lost. When the control plane returns, the relay's directory snapshot repairs it.
+    let relay_log = net.dir.0.join("relay-eu-1.log");
+    // The relay notices the agent gone (idle timeout), then gives up reporting it.
+    let report_lost = || -> anyhow::Result<bool> {
+        let log = std::fs::read_to_string(&relay_log)?;
+        Ok(log
+            .rfind("agent disconnected")
+            .is_some_and(|at| log[at..].contains("directory update failed")))
+    };
+    let mut agent = net.agents.pop().unwrap();
+    agent.kill().await?;
+    agent.wait().await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !report_lost()? {
+        assert!(
+            Instant::now() < deadline,
+            "the relay never gave up reporting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    net.restart_control().await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let route = net
+            .control_client()
+            .get::<ferry_proto::api::RouteResponse>(
+                "/api/v1/workspaces/demo--dev/route",
+                Some(&user),
+            )
+            .await;
+        match route {
+            Err(ferry_transport::ControlError::Api { code, .. })
+                if code == "agent_not_connected" =>
+            {
+                break
+            }
+            other => assert!(
+                Instant::now() < deadline,
+                "the directory was never repaired: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     Ok(())
 }

@@ -109,6 +109,8 @@ impl ControlPlane {
     pub async fn serve(self, cancel: CancellationToken) {
         let router = crate::api::router(self.state.clone());
         let mut connections = JoinSet::new();
+        let mut background = JoinSet::new();
+        background.spawn(maintenance(self.state.clone(), cancel.clone()));
         tracing::info!(addr = %self.local_addr(), "control plane API listening");
         loop {
             tokio::select! {
@@ -156,6 +158,29 @@ impl ControlPlane {
         })
         .await;
         connections.shutdown().await;
+        background.shutdown().await;
         tracing::info!("control plane stopped");
+    }
+}
+
+/// How often expired tokens are pruned from the store.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Expired tokens are kept this long, so a listing still explains a recent expiry.
+const KEEP_EXPIRED_SECS: i64 = 7 * 24 * 3600;
+
+/// Periodic upkeep of the store until cancelled. With several replicas each prunes;
+/// the deletes are idempotent.
+async fn maintenance(state: Arc<State>, cancel: CancellationToken) {
+    loop {
+        let before = crate::state::now().saturating_sub(KEEP_EXPIRED_SECS);
+        match state.store().prune_expired_tokens(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "pruned expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "pruning expired tokens failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }

@@ -398,6 +398,15 @@ impl Store {
         })
     }
 
+    /// Forgets tokens that expired before `before`; returns how many. Expired tokens
+    /// verify nowhere, so neither listings nor revocation lists need them.
+    pub async fn prune_expired_tokens(&self, before: i64) -> Result<u64, StoreError> {
+        Ok(
+            with_pool!(self, pool => sqlx::query("DELETE FROM tokens WHERE expires_at < $1")
+            .bind(before).execute(pool).await?.rows_affected()),
+        )
+    }
+
     /// The latest expiry of the tokens `kid` signed, if it signed any.
     pub async fn last_expiry_signed_by(&self, kid: &str) -> Result<Option<i64>, StoreError> {
         with_pool!(self, pool => {
@@ -496,6 +505,29 @@ impl Store {
     pub async fn clear_directory(&self, workspace: &str, relay: &str) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query("DELETE FROM directory WHERE workspace = $1 AND relay = $2")
             .bind(workspace).bind(relay).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Replaces every directory entry of `relay` with `workspaces` (a full snapshot
+    /// from the relay), in one transaction.
+    pub async fn replace_directory(
+        &self,
+        relay: &str,
+        workspaces: &[String],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM directory WHERE relay = $1")
+                .bind(relay).execute(&mut *tx).await?;
+            for workspace in workspaces {
+                sqlx::query(
+                    "INSERT INTO directory (workspace, relay, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (workspace) DO UPDATE SET relay = excluded.relay, updated_at = excluded.updated_at")
+                    .bind(workspace).bind(relay).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
         Ok(())
     }
 

@@ -22,7 +22,13 @@ pub fn postgres_url(test: &str) -> Option<String> {
             if std::env::var_os("CI").is_some() {
                 panic!("{test}: CI is set but {DATABASE_URL_ENV} is not: the PostgreSQL store tests must run in CI");
             }
-            eprintln!("SKIPPED: PostgreSQL store tests ({DATABASE_URL_ENV} unset) in {test}");
+            // Written to the stderr handle, not through `eprintln!`, which the test
+            // harness captures and hides for passing tests: a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: PostgreSQL store tests ({DATABASE_URL_ENV} unset) in {test}"
+            );
             None
         }
     }

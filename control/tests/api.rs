@@ -409,7 +409,10 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         .post(
             "/api/v1/relays/heartbeat",
             Some(&relay),
-            &HeartbeatRequest { agents: 1 },
+            &HeartbeatRequest {
+                agents: 1,
+                workspaces: None,
+            },
         )
         .await
         .unwrap();
@@ -469,6 +472,78 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         )
         .await;
     assert_eq!(code(r), (403, "wrong_token_kind".into()));
+
+    // A heartbeat with a directory snapshot replaces the relay's entries.
+    let _: HeartbeatResponse = p
+        .client
+        .post(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest {
+                agents: 0,
+                workspaces: Some(vec![]),
+            },
+        )
+        .await
+        .unwrap();
+    let r = p
+        .client
+        .get::<RouteResponse>("/api/v1/workspaces/demo--alice/route", Some(&alice))
+        .await;
+    assert_eq!(code(r), (404, "agent_not_connected".into()));
+    let _: HeartbeatResponse = p
+        .client
+        .post(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest {
+                agents: 1,
+                workspaces: Some(vec!["demo--alice".into()]),
+            },
+        )
+        .await
+        .unwrap();
+    let route: RouteResponse = p
+        .client
+        .get("/api/v1/workspaces/demo--alice/route", Some(&alice))
+        .await
+        .unwrap();
+    assert_eq!(route.relay.name, "eu-1");
+    let r = p
+        .client
+        .post::<_, HeartbeatResponse>(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest {
+                agents: 1,
+                workspaces: Some(vec!["not a label".into()]),
+            },
+        )
+        .await;
+    assert_eq!(code(r), (400, "bad_request".into()));
+
+    // A relay silent for long is not offered: the route says why.
+    let stale = ferry_transport::unix_now() as i64 - ferry_control::UNREACHABLE_SECS - 5;
+    assert!(p.state.store().heartbeat("eu-1", stale).await.unwrap());
+    let r = p
+        .client
+        .get::<RouteResponse>("/api/v1/workspaces/demo--alice/route", Some(&alice))
+        .await;
+    match r {
+        Err(ferry_transport::ControlError::Api { code, message, .. }) => {
+            assert_eq!(code, "agent_not_connected");
+            assert!(
+                message.contains("eu-1") && message.contains("unreachable"),
+                "{message}"
+            );
+        }
+        other => panic!("routed to a silent relay: {other:?}"),
+    }
+    let map: RegionsResponse = p.client.get("/api/v1/regions", Some(&alice)).await.unwrap();
+    assert_eq!(
+        map.regions[0].relays[0].health,
+        Some(RelayHealth::Unreachable)
+    );
 
     // Health by heartbeat age.
     use ferry_control::{health, HEALTHY_SECS, UNREACHABLE_SECS};

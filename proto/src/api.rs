@@ -258,6 +258,11 @@ pub struct RevocationsResponse {
 pub struct HeartbeatRequest {
     /// Agents connected right now.
     pub agents: u64,
+    /// Every workspace whose agent is on this relay, sent after the relay starts or
+    /// loses the control plane for a while: the control plane then replaces this
+    /// relay's directory entries with it, repairing updates lost meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

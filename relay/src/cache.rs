@@ -26,6 +26,9 @@ use crate::server::Shared;
 /// How often the relay heartbeats and refreshes keys and revocations.
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
 
+/// Every this many heartbeats the relay sends its full directory.
+const RESYNC_EVERY: u32 = 15;
+
 /// The cache file's contents.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Cached {
@@ -120,22 +123,37 @@ pub(crate) async fn sync(
     cancel: CancellationToken,
 ) {
     let mut last: Option<(Vec<PublicKey>, Vec<Revoked>)> = None;
+    // Send the full directory on the first heartbeat, after any failed one (agent
+    // updates may have been lost while the control plane was unreachable), and every
+    // RESYNC_EVERY heartbeats (an update racing a snapshot may have been undone).
+    let mut resync = true;
+    let mut beats = 0u32;
     loop {
+        beats += 1;
+        if beats >= RESYNC_EVERY {
+            beats = 0;
+            resync = true;
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(SYNC_INTERVAL) => {}
         }
         let request = HeartbeatRequest {
             agents: shared.agents.len() as u64,
+            workspaces: resync.then(|| shared.agents.workspaces()),
         };
         let resp: HeartbeatResponse = match control
             .post("/api/v1/relays/heartbeat", Some(&token), &request)
             .await
         {
-            Ok(r) => r,
+            Ok(r) => {
+                resync = false;
+                r
+            }
             // Keep verifying with the cached keys and revocations meanwhile.
             Err(e) => {
                 tracing::debug!(error = %e, "heartbeat failed");
+                resync = true;
                 continue;
             }
         };

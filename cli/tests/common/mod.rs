@@ -51,6 +51,31 @@ impl Drop for TempDir {
     }
 }
 
+/// Starts `ferry control` on `listen` with its data in `dir/control`; waits until ready.
+async fn spawn_control(dir: &Path, listen: &str) -> Result<(Child, serde_json::Value)> {
+    let ready = dir.join("control.json");
+    let _ = std::fs::remove_file(&ready);
+    let data = dir.join("control");
+    let control = spawn_ferry(
+        dir,
+        "control",
+        &[
+            "control",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--name",
+            "127.0.0.1",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+    Ok((control, info))
+}
+
 /// Polls until `path` exists and parses as JSON.
 pub async fn wait_for_json(path: &Path, timeout: Duration) -> Result<serde_json::Value> {
     let deadline = Instant::now() + timeout;
@@ -106,25 +131,7 @@ pub struct Network {
 impl Network {
     pub async fn start(name: &str) -> Result<Network> {
         let dir = TempDir::new(name);
-        let ready = dir.0.join("control.json");
-        let data = dir.0.join("control");
-        let control = spawn_ferry(
-            &dir.0,
-            "control",
-            &[
-                "control",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                "127.0.0.1",
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+        let (control, info) = spawn_control(&dir.0, "127.0.0.1:0").await?;
         let admin_file = info["admin_token_file"]
             .as_str()
             .context("admin token file")?;
@@ -137,6 +144,24 @@ impl Network {
             relays: Vec::new(),
             agents: Vec::new(),
         })
+    }
+
+    /// Starts the control plane again, on the same port and data directory, after the
+    /// test stopped it.
+    pub async fn restart_control(&mut self) -> Result<()> {
+        let port = self
+            .control_url
+            .rsplit(':')
+            .next()
+            .context("control URL port")?
+            .to_string();
+        let (child, info) = spawn_control(&self.dir.0, &format!("127.0.0.1:{port}")).await?;
+        anyhow::ensure!(info["url"] == self.control_url.as_str(), "moved: {info}");
+        self.control = child;
+        self.admin_token = std::fs::read_to_string(self.dir.0.join("control/admin.token"))?
+            .trim()
+            .to_string();
+        Ok(())
     }
 
     pub fn control_client(&self) -> ControlClient {

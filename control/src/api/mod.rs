@@ -27,6 +27,9 @@ use crate::state::{State, StateError, VerifyError};
 /// Request bodies are small JSON documents; anything larger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
 
+/// A heartbeat may carry a relay's whole directory (~60 bytes per agent).
+pub const MAX_HEARTBEAT_BODY: usize = 8 * 1024 * 1024;
+
 /// The checked-in OpenAPI document, served as it is.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
 
@@ -228,7 +231,11 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/revocations", get(relays::revocations))
         .route("/api/v1/regions", get(relays::regions))
         .route("/api/v1/relays/register", post(relays::register_relay))
-        .route("/api/v1/relays/heartbeat", post(relays::heartbeat))
+        .route(
+            "/api/v1/relays/heartbeat",
+            // A relay's directory snapshot lists every agent on it.
+            post(relays::heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
+        )
         .route("/api/v1/directory", post(relays::directory_update))
         .route("/api/v1/tokens", post(relays::mint_token))
         .route("/api/v1/tokens/{id}", delete(relays::revoke_token))

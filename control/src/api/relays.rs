@@ -122,12 +122,23 @@ pub(crate) async fn heartbeat(
     req: Result<Json<HeartbeatRequest>, JsonRejection>,
 ) -> ApiResult<HeartbeatResponse> {
     let claims = authorize(&state, &headers, &[TokenKind::Relay]).await?;
-    let _req = body(req)?;
+    let req = body(req)?;
     if !state.store().heartbeat(&claims.sub, now()).await? {
         return Err(ApiError::not_found(
             "unknown_relay",
             format!("relay `{}` is not enrolled; register it first", claims.sub),
         ));
+    }
+    if let Some(workspaces) = req.workspaces {
+        for w in &workspaces {
+            WorkspaceLabel::parse(w)
+                .map_err(|e| ApiError::bad_request(format!("workspaces: {e}")))?;
+        }
+        state
+            .store()
+            .replace_directory(&claims.sub, &workspaces, now())
+            .await?;
+        tracing::debug!(relay = %claims.sub, agents = workspaces.len(), "directory resynchronised");
     }
     let ring = state.reload_keys().await?;
     Ok(Json(HeartbeatResponse {

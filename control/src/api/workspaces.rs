@@ -167,6 +167,16 @@ pub(crate) async fn route(
             format!("workspace `{}` has no connected agent", ws.label),
         )
     })?;
+    if relay.health == Some(RelayHealth::Unreachable) {
+        // Its last relay went silent: the agent is gone with it or moving elsewhere.
+        return Err(ApiError::not_found(
+            ErrorCode::AgentNotConnected.as_str(),
+            format!(
+                "workspace `{}` has no connected agent (its relay {} in region {} is unreachable)",
+                ws.label, relay.name, relay.region
+            ),
+        ));
+    }
     Ok(Json(RouteResponse {
         workspace: ws.label,
         relay,

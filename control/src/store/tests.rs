@@ -124,6 +124,9 @@ async fn revoked_tokens_are_listed_until_they_expire() {
         );
         assert_eq!(store.last_expiry_signed_by("k1").await.unwrap(), Some(1000));
         assert_eq!(store.last_expiry_signed_by("k9").await.unwrap(), None);
+        assert_eq!(store.prune_expired_tokens(100).await.unwrap(), 1, "{b}");
+        assert_eq!(store.token("b").await.unwrap(), None);
+        assert!(store.token("a").await.unwrap().is_some());
         store.close().await;
     }
 }
@@ -180,6 +183,25 @@ async fn keys_relays_and_directory() {
         );
         store.clear_directory("w--x", "eu-2").await.unwrap();
         assert_eq!(store.directory("w--x").await.unwrap(), None);
+
+        // A relay's snapshot replaces its own entries only.
+        store.set_directory("a--x", "eu-1", 5).await.unwrap();
+        store.set_directory("b--x", "eu-2", 5).await.unwrap();
+        store
+            .replace_directory("eu-1", &["c--x".into(), "b--x".into()], 6)
+            .await
+            .unwrap();
+        assert_eq!(store.directory("a--x").await.unwrap(), None, "{b}");
+        assert_eq!(
+            store.directory("b--x").await.unwrap().as_deref(),
+            Some("eu-1")
+        );
+        assert_eq!(
+            store.directory("c--x").await.unwrap().as_deref(),
+            Some("eu-1")
+        );
+        store.replace_directory("eu-1", &[], 7).await.unwrap();
+        assert_eq!(store.directory("c--x").await.unwrap(), None);
         store.close().await;
     }
 }
