@@ -119,3 +119,49 @@ fn decode(row: &KeyRow) -> Result<SigningKey, KeyringError> {
     let pkcs8 = B64.decode(&row.pkcs8_b64).map_err(|e| bad(e.to_string()))?;
     SigningKey::from_pkcs8(row.kid.clone(), &pkcs8).map_err(|e| bad(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::TokenRow;
+
+    fn token(jti: &str, kid: &str, exp: i64) -> TokenRow {
+        TokenRow {
+            jti: jti.into(),
+            kind: "user".into(),
+            subject: "alice".into(),
+            name: "t".into(),
+            kid: kid.into(),
+            created_at: 0,
+            expires_at: exp,
+            revoked_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_retired_key_is_published_until_its_last_token_expires() {
+        let dir = crate::testing::scratch_dir("keyring");
+        let store = crate::testing::sqlite_store(&dir).await.unwrap();
+        let old = create_key(&store, 100).await.unwrap();
+        store.record_token(&token("t1", &old, 500)).await.unwrap();
+        let new = rotate(&store, 200).await.unwrap();
+
+        let ring = Keyring::load(&store, 300).await.unwrap();
+        assert_eq!(ring.signer().kid(), new);
+        let kids: Vec<String> = ring.public_keys().into_iter().map(|k| k.kid).collect();
+        assert!(kids.contains(&old) && kids.contains(&new), "{kids:?}");
+
+        // Once the last token the old key signed has expired, it is dropped.
+        let ring = Keyring::load(&store, 501).await.unwrap();
+        let kids: Vec<String> = ring.public_keys().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, vec![new.clone()]);
+
+        // A retired key that never signed anything is not published at all.
+        let newest = rotate(&store, 600).await.unwrap();
+        let ring = Keyring::load(&store, 601).await.unwrap();
+        let kids: Vec<String> = ring.public_keys().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, vec![newest]);
+        store.close().await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
