@@ -55,15 +55,9 @@ async fn revoked_user_and_agent_tokens_are_refused_by_a_running_relay_within_sec
     let agent = endpoint(&net, relay, alpn::AGENT);
     let user = net.mint(TokenKind::User, "dev", None).await?;
     let agent_token = net.agent_token("other--dev").await?;
-    // Both work before.
-    assert!(dial::connect(&client, relay, "127.0.0.1", &user)
-        .await
-        .is_ok());
-    assert!(
-        dial::connect(&agent, relay, "127.0.0.1", &agent_token.token)
-            .await
-            .is_ok()
-    );
+    // Both work before, and keep a session open.
+    let user_session = dial::connect(&client, relay, "127.0.0.1", &user).await?;
+    let agent_session = dial::connect(&agent, relay, "127.0.0.1", &agent_token.token).await?;
 
     let jti = ferry_proto::token::peek_claims(&user).unwrap().jti;
     let admin = net.admin_token.clone();
@@ -96,6 +90,17 @@ async fn revoked_user_and_agent_tokens_are_refused_by_a_running_relay_within_sec
     )
     .await?;
     eprintln!("revocation reached the relay in {took:?}");
+    // The sessions already open with those tokens are ended too.
+    for session in [user_session, agent_session] {
+        let reason = tokio::time::timeout(Duration::from_secs(10), session.conn.closed()).await?;
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+                close.error_code,
+                quinn::VarInt::from(ErrorCode::Unauthorized.to_u16())
+            ),
+            other => panic!("closed for another reason: {other}"),
+        }
+    }
     // Other tokens are unaffected.
     let fresh = net.mint(TokenKind::User, "dev", None).await?;
     assert!(dial::connect(&client, relay, "127.0.0.1", &fresh)

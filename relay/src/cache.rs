@@ -10,9 +10,9 @@
 //! relay goes on with what it has; a relay that restarts during the outage starts
 //! from the file.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::api::{HeartbeatRequest, HeartbeatResponse, RegisterRelayResponse, Revoked};
@@ -108,9 +108,60 @@ impl Cached {
     }
 }
 
+/// Open connections by the id (`jti`) of the token they authenticated with, so that
+/// revoking a token also ends the sessions already using it.
+#[derive(Default)]
+pub struct Sessions {
+    by_jti: Mutex<HashMap<String, Vec<quinn::Connection>>>,
+}
+
+impl Sessions {
+    pub fn track(&self, jti: &str, conn: &quinn::Connection) {
+        self.by_jti
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(jti.to_string())
+            .or_default()
+            .push(conn.clone());
+    }
+
+    /// Closes every connection whose token is in `revoked`, and forgets closed ones.
+    pub fn close_revoked(&self, revoked: &HashSet<String>) -> usize {
+        let mut map = self.by_jti.lock().unwrap_or_else(|p| p.into_inner());
+        let mut closed = 0;
+        map.retain(|jti, conns| {
+            if revoked.contains(jti) {
+                for conn in conns.iter() {
+                    conn.close(
+                        ferry_proto::ErrorCode::Unauthorized.to_u16().into(),
+                        b"token revoked",
+                    );
+                }
+                closed += conns.len();
+                return false;
+            }
+            conns.retain(|c| c.close_reason().is_none());
+            !conns.is_empty()
+        });
+        closed
+    }
+}
+
 /// The revoked token ids a relay refuses.
 pub fn revoked_set(list: &[Revoked]) -> Arc<HashSet<String>> {
     Arc::new(list.iter().map(|r| r.jti.clone()).collect())
+}
+
+fn close_revoked(shared: &Shared) {
+    let revoked = shared
+        .revoked
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let closed = shared.sessions.close_revoked(&revoked);
+    if closed > 0 {
+        tracing::info!(connections = closed, "closed connections of revoked tokens");
+    }
 }
 
 /// Heartbeats and refreshes keys and revocations until cancelled; rewrites the cache
@@ -142,6 +193,10 @@ pub(crate) async fn sync(
             agents: shared.agents.len() as u64,
             workspaces: resync.then(|| shared.agents.workspaces()),
         };
+        // Every round, not only on a change: a connection whose token was checked just
+        // before a revocation arrived is tracked only after it; this also forgets
+        // connections that have ended.
+        close_revoked(&shared);
         let resp: HeartbeatResponse = match control
             .post("/api/v1/relays/heartbeat", Some(&token), &request)
             .await
@@ -167,6 +222,7 @@ pub(crate) async fn sync(
                 Arc::new(KeySet::new(resp.keys.clone()));
         }
         *shared.revoked.write().unwrap_or_else(|p| p.into_inner()) = revoked_set(&resp.revoked);
+        close_revoked(&shared);
         tracing::debug!(
             keys = resp.keys.len(),
             revoked = resp.revoked.len(),

@@ -66,6 +66,8 @@ pub(crate) struct Shared {
     pub revoked: RwLock<Arc<HashSet<String>>>,
     pub agents: AgentTable,
     pub directory: DirectoryReporter,
+    /// Open connections by token id, to end them when the token is revoked.
+    pub sessions: cache::Sessions,
 }
 
 impl Shared {
@@ -158,6 +160,7 @@ impl Relay {
             revoked: RwLock::new(cache::revoked_set(&cached.revoked)),
             agents: AgentTable::default(),
             directory: reporter,
+            sessions: cache::Sessions::default(),
         });
         background.spawn(cache::sync(
             shared.clone(),
@@ -230,9 +233,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: 
     }
 }
 
-/// Checks a hello token of `kind`; returns the subject.
+/// Checks the hello token of `kind` on `conn`; returns the subject. The connection is
+/// remembered under the token's id, so that revoking the token ends it.
 pub(crate) fn check_token(
     shared: &Shared,
+    conn: &quinn::Connection,
     token: &str,
     kind: TokenKind,
 ) -> Result<String, ferry_proto::ErrorFrame> {
@@ -259,6 +264,7 @@ pub(crate) fn check_token(
                     "token was revoked",
                 ))
             } else {
+                shared.sessions.track(&claims.jti, conn);
                 Ok(claims.sub)
             }
         })
