@@ -32,6 +32,10 @@ CREATE TABLE tokens (
 );
 CREATE INDEX tokens_by_subject ON tokens (kind, subject);
 CREATE INDEX tokens_revoked ON tokens (revoked_at);
+-- The keyring asks how long each retired key's tokens live.
+CREATE INDEX tokens_by_kid ON tokens (kid, expires_at);
+-- Pruning deletes by expiry.
+CREATE INDEX tokens_by_expiry ON tokens (expires_at);
 
 -- Ed25519 signing keys. The newest unretired key signs; retired keys stay published
 -- until the last token they signed has expired.

@@ -40,11 +40,35 @@ pub async fn fresh_postgres_database(url: &str) -> Result<PgConnectOptions, Stor
     let admin = PgConnectOptions::from_str(url)?;
     let name = format!("ferry_test_{}_{}", std::process::id(), fastrand_suffix());
     let mut conn = admin.connect().await?;
+    drop_stale_databases(&mut conn).await;
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await?;
     conn.close().await?;
     Ok(admin.database(&name))
+}
+
+/// Drops the scratch databases of test processes that are gone (their pid is in the
+/// name), so repeated runs on one server do not pile them up.
+async fn drop_stale_databases(conn: &mut sqlx::PgConnection) {
+    let Ok(rows) = sqlx::query_scalar::<_, String>(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'ferry_test_%'",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    else {
+        return;
+    };
+    for name in rows {
+        let pid = name.split('_').nth(2).unwrap_or("");
+        let alive = !pid.is_empty() && Path::new("/proc").join(pid).exists();
+        if !alive && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            // Another process may be dropping it too: ignore failures.
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                .execute(&mut *conn)
+                .await;
+        }
+    }
 }
 
 fn fastrand_suffix() -> String {
