@@ -224,6 +224,13 @@ async fn with_the_control_plane_down_a_restarted_relay_still_routes_known_worksp
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     net.restart_control().await?;
+    // The relay that started from its cache enrolls again (the log starts afresh).
+    let control_log = net.dir.0.join("control.log");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&control_log)?.contains("relay registered") {
+        assert!(Instant::now() < deadline, "the relay never enrolled again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let route = net

@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_proto::api::{HeartbeatRequest, HeartbeatResponse, RegisterRelayResponse, Revoked};
+use ferry_proto::api::{
+    HeartbeatRequest, HeartbeatResponse, RegisterRelayRequest, RegisterRelayResponse, Revoked,
+};
 use ferry_proto::token::{KeySet, PublicKey};
-use ferry_transport::ControlClient;
+use ferry_transport::{ControlClient, ControlError};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -170,9 +172,12 @@ pub(crate) async fn sync(
     shared: Arc<Shared>,
     control: ControlClient,
     token: String,
+    enrollment: RegisterRelayRequest,
+    enrolled: bool,
     mut cached: Option<(PathBuf, Cached)>,
     cancel: CancellationToken,
 ) {
+    let mut enroll = (!enrolled).then(|| enrollment.clone());
     let mut last: Option<(Vec<PublicKey>, Vec<Revoked>)> = None;
     // Send the full directory on the first heartbeat, after any failed one (agent
     // updates may have been lost while the control plane was unreachable), and every
@@ -197,6 +202,22 @@ pub(crate) async fn sync(
         // before a revocation arrived is tracked only after it; this also forgets
         // connections that have ended.
         close_revoked(&shared);
+        if let Some(request) = &enroll {
+            // Enrolling again records our address; the certificate we have stays valid.
+            match control
+                .post::<_, RegisterRelayResponse>("/api/v1/relays/register", Some(&token), request)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!("enrolled with the control plane");
+                    enroll = None;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "enrolling failed");
+                    continue;
+                }
+            }
+        }
         let resp: HeartbeatResponse = match control
             .post("/api/v1/relays/heartbeat", Some(&token), &request)
             .await
@@ -204,6 +225,13 @@ pub(crate) async fn sync(
             Ok(r) => {
                 resync = false;
                 r
+            }
+            // The control plane forgot us (a restored database): enroll again.
+            Err(ControlError::Api { code, .. }) if code == "unknown_relay" => {
+                tracing::warn!("the control plane does not know this relay; enrolling again");
+                enroll = Some(enrollment.clone());
+                resync = true;
+                continue;
             }
             // Keep verifying with the cached keys and revocations meanwhile.
             Err(e) => {

@@ -106,17 +106,15 @@ impl Relay {
             .cache_dir
             .as_ref()
             .map(|dir| cache::path(dir, &config.name));
+        let enrollment = RegisterRelayRequest {
+            region: config.region.clone(),
+            quic_addr: advertise.to_string(),
+            names: config.names.clone(),
+        };
         let registered: Result<RegisterRelayResponse, ControlError> = control
-            .post(
-                "/api/v1/relays/register",
-                Some(&config.token),
-                &RegisterRelayRequest {
-                    region: config.region.clone(),
-                    quic_addr: advertise.to_string(),
-                    names: config.names.clone(),
-                },
-            )
+            .post("/api/v1/relays/register", Some(&config.token), &enrollment)
             .await;
+        let enrolled = registered.is_ok();
         let cached = match (registered, &cache_path) {
             (Ok(r), path) => {
                 let cached = Cached::from_registration(&r);
@@ -166,6 +164,9 @@ impl Relay {
             shared.clone(),
             control,
             config.token.clone(),
+            enrollment,
+            // A relay that started from its cache enrolls once the control plane is back.
+            enrolled,
             cache_path.map(|p| (p, cached)),
             cancel.clone(),
         ));
