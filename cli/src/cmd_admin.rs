@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use ferry_proto::api::{CreateUserRequest, RotateKeysResponse, UserInfo, UsersResponse};
+use ferry_proto::api::{
+    CreateUserRequest, RotateKeysRequest, RotateKeysResponse, UserInfo, UsersResponse,
+};
 use ferry_transport::ControlClient;
 
 use crate::cmd_login::read_password;
@@ -59,7 +61,12 @@ pub enum UserCommand {
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
     /// Start signing with a new key; old keys verify until their tokens expire
-    Rotate,
+    Rotate {
+        /// Stop trusting the old keys now (a leaked key): EVERY existing token stops
+        /// working, relay and agent tokens included; prints a new admin token
+        #[arg(long)]
+        drop_old: bool,
+    },
 }
 
 /// Reads a secret given inline or as `@PATH`.
@@ -127,11 +134,19 @@ pub async fn run(args: AdminArgs) -> Result<()> {
                 );
             }
         }
-        AdminCommand::Keys(KeysCommand::Rotate) => {
+        AdminCommand::Keys(KeysCommand::Rotate { drop_old }) => {
             let resp: RotateKeysResponse = control
-                .post("/api/v1/keys/rotate", token, &serde_json::json!({}))
+                .post(
+                    "/api/v1/keys/rotate",
+                    token,
+                    &RotateKeysRequest { drop_old },
+                )
                 .await
                 .map_err(crate::client::api_error)?;
+            if let Some(admin) = &resp.admin_token {
+                eprintln!("old keys dropped: every earlier token is invalid. New admin token:");
+                println!("{admin}");
+            }
             println!("signing with key {}", resp.kid);
             println!(
                 "published keys: {}",

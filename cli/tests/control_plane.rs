@@ -112,7 +112,7 @@ async fn revoked_user_and_agent_tokens_are_refused_by_a_running_relay_within_sec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_key_rotation_relays_accept_new_tokens_and_still_accept_old_ones(
 ) -> anyhow::Result<()> {
-    let (net, old) = one_relay_network("rotate").await?;
+    let (mut net, old) = one_relay_network("rotate").await?;
     let relay = net.relays[0].addr;
     let client = endpoint(&net, relay, alpn::CLIENT);
     let rotated: RotateKeysResponse = net
@@ -135,6 +135,29 @@ async fn after_a_key_rotation_relays_accept_new_tokens_and_still_accept_old_ones
         .ferry_tcp(&new, "demo", &echo.to_string(), b"new key")
         .await?;
     assert!(ok && out == b"new key", "{err}");
+
+    // A leaked key: rotate dropping the old ones. Relays refuse their tokens within
+    // seconds, and accept tokens minted with the new admin token.
+    let dropped: RotateKeysResponse = net
+        .control_client()
+        .post(
+            "/api/v1/keys/rotate",
+            Some(&net.admin_token),
+            &ferry_proto::api::RotateKeysRequest { drop_old: true },
+        )
+        .await?;
+    let unknown_key = |r: &Result<dial::Session, DialError>| {
+        matches!(r, Err(DialError::Refused { frame, .. })
+            if frame.code == ErrorCode::Unauthorized && frame.message.contains("unknown key"))
+    };
+    wait_for_dial(&client, relay, &new, Duration::from_secs(10), unknown_key).await?;
+    let r = dial::connect(&client, relay, "127.0.0.1", &old).await;
+    assert!(unknown_key(&r), "a token of a dropped key still works");
+    net.admin_token = dropped.admin_token.expect("new admin token");
+    let newest = net.mint(TokenKind::User, "dev", None).await?;
+    assert!(dial::connect(&client, relay, "127.0.0.1", &newest)
+        .await
+        .is_ok());
     Ok(())
 }
 

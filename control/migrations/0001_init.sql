@@ -43,7 +43,10 @@ CREATE TABLE signing_keys (
     kid        TEXT PRIMARY KEY,
     pkcs8_b64  TEXT NOT NULL,
     created_at BIGINT NOT NULL,
-    retired_at BIGINT
+    retired_at BIGINT,
+    -- Set when a rotation drops the key at once (it may be compromised): its tokens
+    -- stop verifying everywhere within a relay sync.
+    dropped_at BIGINT
 );
 
 CREATE TABLE relays (

@@ -54,15 +54,22 @@ pub async fn import_key(store: &Store, key: &SigningKey, now: i64) -> Result<(),
             pkcs8_b64: B64.encode(key.pkcs8()),
             created_at: now,
             retired_at: None,
+            dropped_at: None,
         })
         .await?;
     Ok(())
 }
 
-/// Makes a new signing key and retires the others; returns the new key id.
-pub async fn rotate(store: &Store, now: i64) -> Result<String, KeyringError> {
+/// Makes a new signing key and retires the others; returns the new key id. With
+/// `drop_old` the others are dropped too: every token they signed stops verifying
+/// (for a key that may have leaked).
+pub async fn rotate(store: &Store, now: i64, drop_old: bool) -> Result<String, KeyringError> {
     let kid = create_key(store, now).await?;
-    store.retire_keys_except(&kid, now).await?;
+    if drop_old {
+        store.drop_keys_except(&kid, now).await?;
+    } else {
+        store.retire_keys_except(&kid, now).await?;
+    }
     Ok(kid)
 }
 
@@ -72,7 +79,7 @@ impl Keyring {
         let rows = store.keys().await?;
         let mut signer_row = None;
         let mut published = Vec::new();
-        for row in &rows {
+        for row in rows.iter().filter(|r| r.dropped_at.is_none()) {
             let keep = match row.retired_at {
                 None => true,
                 // A retired key matters while a token it signed may still be presented.
@@ -144,7 +151,7 @@ mod tests {
         let store = crate::testing::sqlite_store(&dir).await.unwrap();
         let old = create_key(&store, 100).await.unwrap();
         store.record_token(&token("t1", &old, 500)).await.unwrap();
-        let new = rotate(&store, 200).await.unwrap();
+        let new = rotate(&store, 200, false).await.unwrap();
 
         let ring = Keyring::load(&store, 300).await.unwrap();
         assert_eq!(ring.signer().kid(), new);
@@ -157,10 +164,20 @@ mod tests {
         assert_eq!(kids, vec![new.clone()]);
 
         // A retired key that never signed anything is not published at all.
-        let newest = rotate(&store, 600).await.unwrap();
+        let newest = rotate(&store, 600, false).await.unwrap();
         let ring = Keyring::load(&store, 601).await.unwrap();
         let kids: Vec<String> = ring.public_keys().into_iter().map(|k| k.kid).collect();
-        assert_eq!(kids, vec![newest]);
+        assert_eq!(kids, vec![newest.clone()]);
+
+        // Dropping: the old key goes at once, though its token still lives.
+        store
+            .record_token(&token("t2", &newest, 5000))
+            .await
+            .unwrap();
+        let last = rotate(&store, 700, true).await.unwrap();
+        let ring = Keyring::load(&store, 701).await.unwrap();
+        let kids: Vec<String> = ring.public_keys().into_iter().map(|k| k.kid).collect();
+        assert_eq!(kids, vec![last]);
         store.close().await;
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -165,11 +165,12 @@ impl State {
         self.keyring().published().clone()
     }
 
-    /// Makes a new signing key; old keys stay published while their tokens live.
-    pub async fn rotate_keys(&self) -> Result<String, StateError> {
-        let kid = keyring::rotate(&self.store, now()).await?;
+    /// Makes a new signing key; old keys stay published while their tokens live,
+    /// unless `drop_old`, which invalidates every token they signed.
+    pub async fn rotate_keys(&self, drop_old: bool) -> Result<String, StateError> {
+        let kid = keyring::rotate(&self.store, now(), drop_old).await?;
         self.reload_keys().await?;
-        tracing::info!(signing_key = %kid, "signing keys rotated");
+        tracing::info!(signing_key = %kid, drop_old, "signing keys rotated");
         Ok(kid)
     }
 

@@ -113,6 +113,8 @@ pub struct KeyRow {
     pub pkcs8_b64: String,
     pub created_at: i64,
     pub retired_at: Option<i64>,
+    /// Dropped keys are not published: their tokens no longer verify.
+    pub dropped_at: Option<i64>,
 }
 
 /// A relay as stored.
@@ -420,8 +422,8 @@ impl Store {
 
     pub async fn insert_key(&self, key: &KeyRow) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query(
-            "INSERT INTO signing_keys (kid, pkcs8_b64, created_at, retired_at) VALUES ($1, $2, $3, $4)")
-            .bind(&key.kid).bind(&key.pkcs8_b64).bind(key.created_at).bind(key.retired_at)
+            "INSERT INTO signing_keys (kid, pkcs8_b64, created_at, retired_at, dropped_at) VALUES ($1, $2, $3, $4, $5)")
+            .bind(&key.kid).bind(&key.pkcs8_b64).bind(key.created_at).bind(key.retired_at).bind(key.dropped_at)
             .execute(pool).await
             .map_err(conflict(format!("key `{}`", key.kid)))?; });
         Ok(())
@@ -430,13 +432,14 @@ impl Store {
     /// All keys, oldest first.
     pub async fn keys(&self) -> Result<Vec<KeyRow>, StoreError> {
         with_pool!(self, pool => {
-            let rows = sqlx::query("SELECT kid, pkcs8_b64, created_at, retired_at FROM signing_keys ORDER BY created_at, kid")
+            let rows = sqlx::query("SELECT kid, pkcs8_b64, created_at, retired_at, dropped_at FROM signing_keys ORDER BY created_at, kid")
                 .fetch_all(pool).await?;
             rows.iter().map(|r| Ok(KeyRow {
                 kid: r.try_get("kid")?,
                 pkcs8_b64: r.try_get("pkcs8_b64")?,
                 created_at: r.try_get("created_at")?,
                 retired_at: r.try_get("retired_at")?,
+                dropped_at: r.try_get("dropped_at")?,
             })).collect()
         })
     }
@@ -445,6 +448,14 @@ impl Store {
     pub async fn retire_keys_except(&self, keep: &str, now: i64) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query(
             "UPDATE signing_keys SET retired_at = $1 WHERE kid <> $2 AND retired_at IS NULL")
+            .bind(now).bind(keep).execute(pool).await?; });
+        Ok(())
+    }
+
+    /// Retires and drops every key but `keep`.
+    pub async fn drop_keys_except(&self, keep: &str, now: i64) -> Result<(), StoreError> {
+        with_pool!(self, pool => { sqlx::query(
+            "UPDATE signing_keys SET retired_at = COALESCE(retired_at, $1), dropped_at = $1 WHERE kid <> $2 AND dropped_at IS NULL")
             .bind(now).bind(keep).execute(pool).await?; });
         Ok(())
     }

@@ -664,6 +664,38 @@ async fn rotated_keys_overlap_so_old_tokens_keep_working() {
         .decode(header)
         .unwrap();
     assert!(String::from_utf8(header).unwrap().contains(&rotated.kid));
+    assert!(rotated.admin_token.is_none());
+    let r = p
+        .client
+        .post::<_, RotateKeysResponse>(
+            "/api/v1/keys/rotate",
+            p.admin(),
+            &serde_json::json!({"drop_old": true, "extra": 1}),
+        )
+        .await;
+    assert_eq!(code(r), (400, "bad_request".into()));
+
+    // Dropping the old keys (a leak): every earlier token dies, the caller gets a new
+    // admin token.
+    let dropped: RotateKeysResponse = p
+        .client
+        .post(
+            "/api/v1/keys/rotate",
+            p.admin(),
+            &RotateKeysRequest { drop_old: true },
+        )
+        .await
+        .unwrap();
+    assert_eq!(dropped.keys.len(), 1);
+    for old in [&alice, &fresh, &p.admin] {
+        let r = p
+            .client
+            .get::<UsersResponse>("/api/v1/users", Some(old))
+            .await;
+        assert_eq!(code(r).0, 401);
+    }
+    let admin = dropped.admin_token.expect("a new admin token");
+    let _: UsersResponse = p.client.get("/api/v1/users", Some(&admin)).await.unwrap();
     p.stop().await;
 }
 

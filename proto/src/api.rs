@@ -272,10 +272,31 @@ pub struct HeartbeatResponse {
 }
 
 /// `POST /api/v1/keys/rotate` (admin token).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeysRequest {
+    /// Stop publishing the old keys at once (they may have leaked): every token they
+    /// signed, this request's admin token included, stops working.
+    #[serde(default)]
+    pub drop_old: bool,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
 pub struct RotateKeysResponse {
     /// The new signing key's id.
     pub kid: String,
     /// Every published key, old ones included until their tokens expire.
     pub keys: Vec<PublicKey>,
+    /// After `drop_old`, a fresh admin token to replace the one that just died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for RotateKeysResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateKeysResponse")
+            .field("kid", &self.kid)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::api::{
-    HeartbeatRequest, HeartbeatResponse, RegisterRelayRequest, RegisterRelayResponse, Revoked,
+    HeartbeatRequest, HeartbeatResponse, KeysResponse, RegisterRelayRequest, RegisterRelayResponse,
+    Revoked,
 };
 use ferry_proto::token::{KeySet, PublicKey};
 use ferry_transport::{ControlClient, ControlError};
@@ -154,6 +155,32 @@ pub fn revoked_set(list: &[Revoked]) -> Arc<HashSet<String>> {
     Arc::new(list.iter().map(|r| r.jti.clone()).collect())
 }
 
+/// Replaces the keys with the control plane's public set (`GET /api/v1/keys`, no
+/// token needed).
+async fn refresh_public_keys(
+    shared: &Shared,
+    control: &ControlClient,
+    cached: &mut Option<(PathBuf, Cached)>,
+) {
+    let keys = match control.get::<KeysResponse>("/api/v1/keys", None).await {
+        Ok(resp) if !resp.keys.is_empty() => resp.keys,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "fetching the public keys failed");
+            return;
+        }
+    };
+    *shared.keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(KeySet::new(keys.clone()));
+    if let Some((path, file)) = cached.as_mut() {
+        if file.keys != keys {
+            file.keys = keys;
+            if let Err(e) = file.save(path) {
+                tracing::warn!(error = %e, "cannot write the relay cache");
+            }
+        }
+    }
+}
+
 fn close_revoked(shared: &Shared) {
     let revoked = shared
         .revoked
@@ -230,6 +257,19 @@ pub(crate) async fn sync(
             Err(ControlError::Api { code, .. }) if code == "unknown_relay" => {
                 tracing::warn!("the control plane does not know this relay; enrolling again");
                 enroll = Some(enrollment.clone());
+                resync = true;
+                continue;
+            }
+            // Our own token is refused (revoked, or its key dropped after a leak): the
+            // operator must give us a new one. Meanwhile still follow the public key set,
+            // so that tokens of dropped keys stop working here too.
+            Err(ControlError::Api {
+                status: 401,
+                message,
+                ..
+            }) => {
+                tracing::error!(reason = %message, "the control plane refuses this relay's token; give the relay a new one");
+                refresh_public_keys(&shared, &control, &mut cached).await;
                 resync = true;
                 continue;
             }

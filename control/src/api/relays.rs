@@ -25,12 +25,24 @@ pub(crate) async fn keys(AxState(state): AxState<Arc<State>>) -> ApiResult<KeysR
 pub(crate) async fn rotate_keys(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
+    req: Result<Json<RotateKeysRequest>, JsonRejection>,
 ) -> ApiResult<RotateKeysResponse> {
-    authorize(&state, &headers, &[TokenKind::Admin]).await?;
-    let kid = state.rotate_keys().await?;
+    let claims = authorize(&state, &headers, &[TokenKind::Admin]).await?;
+    let req = body(req)?;
+    let kid = state.rotate_keys(req.drop_old).await?;
+    let admin_token = if req.drop_old {
+        let ttl = claims.exp.saturating_sub(claims.iat).max(3600);
+        let (token, _) = state
+            .mint(TokenKind::Admin, &claims.sub, "after dropping keys", ttl)
+            .await?;
+        Some(token)
+    } else {
+        None
+    };
     Ok(Json(RotateKeysResponse {
         kid,
         keys: state.key_set().to_public_keys(),
+        admin_token,
     }))
 }
 

@@ -142,6 +142,7 @@ async fn keys_relays_and_directory() {
                     pkcs8_b64: "AAAA".into(),
                     created_at: at,
                     retired_at: None,
+                    dropped_at: None,
                 })
                 .await
                 .unwrap();
@@ -150,6 +151,14 @@ async fn keys_relays_and_directory() {
         let keys = store.keys().await.unwrap();
         assert_eq!(keys[0].retired_at, Some(5), "{b}");
         assert_eq!(keys[1].retired_at, None, "{b}");
+        store.drop_keys_except("k2", 6).await.unwrap();
+        let keys = store.keys().await.unwrap();
+        assert_eq!(
+            (keys[0].retired_at, keys[0].dropped_at),
+            (Some(5), Some(6)),
+            "{b}"
+        );
+        assert_eq!(keys[1].dropped_at, None, "{b}");
 
         let mut relay = RelayRow {
             name: "eu-1".into(),
