@@ -121,7 +121,22 @@ impl State {
                 let pkcs8 = std::fs::read(&legacy).map_err(io_err(&legacy))?;
                 let kid_path = data_dir.join(LEGACY_KID_FILE);
                 let kid = std::fs::read_to_string(&kid_path).map_err(io_err(&kid_path))?;
-                keyring::import_key(&store, &SigningKey::from_pkcs8(kid.trim(), &pkcs8)?, now)
+                let key = SigningKey::from_pkcs8(kid.trim(), &pkcs8)?;
+                keyring::import_key(&store, &key, now).await?;
+                // Its tokens were never recorded: stand in for them with the longest
+                // lifetime a token can have, so a rotation keeps the key published
+                // until any of them could have expired.
+                store
+                    .record_token(&TokenRow {
+                        jti: format!("pre-store-{}", key.kid()),
+                        kind: "pre-store".into(),
+                        subject: String::new(),
+                        name: "tokens minted before the store existed".into(),
+                        kid: key.kid().to_string(),
+                        created_at: now,
+                        expires_at: now.saturating_add(MAX_TTL_SECS as i64),
+                        revoked_at: None,
+                    })
                     .await?;
             } else {
                 keyring::create_key(&store, now).await?;

@@ -700,6 +700,36 @@ async fn rotated_keys_overlap_so_old_tokens_keep_working() {
 }
 
 #[tokio::test]
+async fn tokens_signed_before_the_store_existed_survive_the_upgrade_and_a_rotation() {
+    // A data directory of the first, storeless control plane: a key in files.
+    let dir = ferry_control::testing::scratch_dir("legacy");
+    std::fs::create_dir_all(&dir).unwrap();
+    let legacy = ferry_proto::token::SigningKey::generate("k-legacy").unwrap();
+    std::fs::write(dir.join("signing-key.pk8"), legacy.pkcs8()).unwrap();
+    std::fs::write(dir.join("signing-key.kid"), legacy.kid()).unwrap();
+    let old = legacy.sign(&ferry_proto::token::new_claims(
+        TokenKind::User,
+        "alice",
+        ferry_proto::token::AUDIENCE_FERRY,
+        ferry_transport::unix_now(),
+        3600,
+    ));
+    // No token minted after the upgrade may keep the old key published: use the
+    // state directly rather than a server, which mints its admin token at start.
+    let state = ferry_control::State::open(&dir, None).await.unwrap();
+    assert_eq!(
+        state.verify(&old, TokenKind::User).await.unwrap().sub,
+        "alice"
+    );
+    state.rotate_keys(false).await.unwrap();
+    assert_eq!(
+        state.verify(&old, TokenKind::User).await.unwrap().sub,
+        "alice"
+    );
+    state.store().close().await;
+}
+
+#[tokio::test]
 async fn malformed_oversized_and_unknown_input_gets_typed_4xx_never_500() {
     let p = Plane::start("bad-input").await;
     let admin = Some(p.admin.as_str());
