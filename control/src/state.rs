@@ -62,6 +62,9 @@ pub struct State {
     store: Store,
     keys: RwLock<Arc<Keyring>>,
     pub(crate) logins: LoginLimiter,
+    /// Bumped when this replica revokes a token or rotates keys, to answer relays'
+    /// long polls at once (changes made by other replicas are seen by polling).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -153,6 +156,7 @@ impl State {
             store,
             keys: RwLock::new(Arc::new(ring)),
             logins: LoginLimiter::default(),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -185,8 +189,23 @@ impl State {
     pub async fn rotate_keys(&self, drop_old: bool) -> Result<String, StateError> {
         let kid = keyring::rotate(&self.store, now(), drop_old).await?;
         self.reload_keys().await?;
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
         tracing::info!(signing_key = %kid, drop_old, "signing keys rotated");
         Ok(kid)
+    }
+
+    /// Revokes a token by id; false if there is none or it already was.
+    pub async fn revoke_token(&self, jti: &str) -> Result<bool, StateError> {
+        let done = self.store.revoke_token(jti, now()).await?;
+        if done {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok(done)
+    }
+
+    /// Watches local changes to keys and revocations.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Mints a token and records it (so it can be listed and revoked); the lifetime

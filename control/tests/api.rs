@@ -412,6 +412,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &HeartbeatRequest {
                 agents: 1,
                 workspaces: None,
+                ..Default::default()
             },
         )
         .await
@@ -482,6 +483,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &HeartbeatRequest {
                 agents: 0,
                 workspaces: Some(vec![]),
+                ..Default::default()
             },
         )
         .await
@@ -499,6 +501,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &HeartbeatRequest {
                 agents: 1,
                 workspaces: Some(vec!["demo--alice".into()]),
+                ..Default::default()
             },
         )
         .await
@@ -517,6 +520,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &HeartbeatRequest {
                 agents: 1,
                 workspaces: Some(vec!["not a label".into()]),
+                ..Default::default()
             },
         )
         .await;
@@ -544,6 +548,58 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         map.regions[0].relays[0].health,
         Some(RelayHealth::Unreachable)
     );
+
+    // The long poll: an up-to-date relay's heartbeat is held until something changes.
+    let current: HeartbeatResponse = p
+        .client
+        .post(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest::default(),
+        )
+        .await
+        .unwrap();
+    let held = HeartbeatRequest {
+        known: Some(current.digest.clone()),
+        wait_secs: 1,
+        ..Default::default()
+    };
+    let t = std::time::Instant::now();
+    let same: HeartbeatResponse = p
+        .client
+        .post("/api/v1/relays/heartbeat", Some(&relay), &held)
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(900),
+        "not held"
+    );
+    assert_eq!(same.digest, current.digest);
+    let held = HeartbeatRequest {
+        wait_secs: 30,
+        ..held
+    };
+    let poll =
+        p.client
+            .post::<_, HeartbeatResponse>("/api/v1/relays/heartbeat", Some(&relay), &held);
+    let revoke = async {
+        let doomed = p.mint(TokenKind::User, "alice").await;
+        let jti = ferry_proto::token::peek_claims(&doomed).unwrap().jti;
+        p.client
+            .delete(&format!("/api/v1/tokens/{jti}"), p.admin())
+            .await
+            .unwrap();
+        jti
+    };
+    let t = std::time::Instant::now();
+    let (changed, jti) = tokio::join!(poll, revoke);
+    let changed = changed.unwrap();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "the change did not end the wait"
+    );
+    assert_ne!(changed.digest, current.digest);
+    assert!(changed.revoked.iter().any(|r| r.jti == jti));
 
     // Health by heartbeat age.
     use ferry_control::{health, HEALTHY_SECS, UNREACHABLE_SECS};

@@ -263,12 +263,22 @@ pub struct HeartbeatRequest {
     /// relay's directory entries with it, repairing updates lost meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspaces: Option<Vec<String>>,
+    /// The `digest` of the keys and revocations the relay holds. With `wait_secs` the
+    /// answer is held until they change or that long has passed (a long poll), so
+    /// revocations reach relays at once with few requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known: Option<String>,
+    #[serde(default)]
+    pub wait_secs: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub keys: Vec<PublicKey>,
     pub revoked: Vec<Revoked>,
+    /// Identifies this pair of lists, for the next request's `known`.
+    #[serde(default)]
+    pub digest: String,
 }
 
 /// `POST /api/v1/keys/rotate` (admin token).

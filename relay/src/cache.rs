@@ -3,9 +3,10 @@
 //! JSON file in the cache directory (`relay-NAME.json`, mode 0600: it holds the
 //! relay's private key).
 //!
-//! [`sync`] is the relay's one periodic call to the control plane: every
-//! [`SYNC_INTERVAL`] it heartbeats and gets the current keys and revocations back, so
-//! a revoked token is refused within about that long, and a rotated key is known
+//! [`sync`] is the relay's one running call to the control plane: a heartbeat that
+//! the control plane holds (a long poll, up to a few seconds) until the keys or
+//! revocations differ from what the relay has, so a revoked token is refused at once
+//! (within about a second when another replica revoked it), and a rotated key is known
 //! before tokens signed with it arrive. When the control plane cannot be reached the
 //! relay goes on with what it has; a relay that restarts during the outage starts
 //! from the file.
@@ -26,11 +27,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::server::Shared;
 
-/// How often the relay heartbeats and refreshes keys and revocations.
+/// How often the relay heartbeats when the control plane answers at once (an older
+/// one without long polls, or after a failure).
 pub const SYNC_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Every this many heartbeats the relay sends its full directory.
-const RESYNC_EVERY: u32 = 15;
+/// How long the control plane may hold a heartbeat while nothing changes.
+const LONG_POLL_SECS: u32 = 5;
+/// Least time between two heartbeats, whatever the control plane answers.
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the relay sends its full directory.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The cache file's contents.
 #[derive(Clone, Serialize, Deserialize)]
@@ -210,20 +215,33 @@ pub(crate) async fn sync(
     // updates may have been lost while the control plane was unreachable), and every
     // RESYNC_EVERY heartbeats (an update racing a snapshot may have been undone).
     let mut resync = true;
-    let mut beats = 0u32;
+    let mut last_resync = tokio::time::Instant::now();
+    // The digest of what we hold, once the control plane long-polls; until then, and
+    // after any failure, pause between heartbeats.
+    let mut known: Option<String> = None;
+    let mut pause = false;
+    let mut sent = tokio::time::Instant::now();
     loop {
-        beats += 1;
-        if beats >= RESYNC_EVERY {
-            beats = 0;
-            resync = true;
-        }
+        let wait = if pause { SYNC_INTERVAL } else { MIN_INTERVAL };
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(SYNC_INTERVAL) => {}
+            _ = tokio::time::sleep_until(sent + wait) => {}
+        }
+        sent = tokio::time::Instant::now();
+        // Failure paths below `continue` with this set; success clears it.
+        pause = true;
+        if last_resync.elapsed() >= RESYNC_INTERVAL {
+            resync = true;
         }
         let request = HeartbeatRequest {
             agents: shared.agents.len() as u64,
             workspaces: resync.then(|| shared.agents.workspaces()),
+            known: known.clone(),
+            wait_secs: if known.is_some() && !resync {
+                LONG_POLL_SECS
+            } else {
+                0
+            },
         };
         // Every round, not only on a change: a connection whose token was checked just
         // before a revocation arrived is tracked only after it; this also forgets
@@ -245,12 +263,17 @@ pub(crate) async fn sync(
                 }
             }
         }
-        let resp: HeartbeatResponse = match control
-            .post("/api/v1/relays/heartbeat", Some(&token), &request)
+        let resp = match control
+            .post::<_, HeartbeatResponse>("/api/v1/relays/heartbeat", Some(&token), &request)
             .await
         {
             Ok(r) => {
-                resync = false;
+                if resync {
+                    resync = false;
+                    last_resync = tokio::time::Instant::now();
+                }
+                pause = r.digest.is_empty();
+                known = (!r.digest.is_empty()).then(|| r.digest.clone());
                 r
             }
             // The control plane forgot us (a restored database): enroll again.
@@ -277,6 +300,7 @@ pub(crate) async fn sync(
             Err(e) => {
                 tracing::debug!(error = %e, "heartbeat failed");
                 resync = true;
+                known = None;
                 continue;
             }
         };

@@ -2,6 +2,7 @@
 //! enrollment and heartbeats, the agent directory, and admin token minting.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State as AxState};
@@ -152,11 +153,47 @@ pub(crate) async fn heartbeat(
             .await?;
         tracing::debug!(relay = %claims.sub, agents = workspaces.len(), "directory resynchronised");
     }
-    let ring = state.reload_keys().await?;
-    Ok(Json(HeartbeatResponse {
-        keys: ring.public_keys(),
-        revoked: revoked_list(&state).await?,
-    }))
+    // Long poll: hold the answer while the relay is up to date.
+    let wait = Duration::from_secs(u64::from(req.wait_secs.min(MAX_HEARTBEAT_WAIT_SECS)));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.watch_changes();
+    loop {
+        let keys = state.reload_keys().await?.public_keys();
+        let revoked = revoked_list(&state).await?;
+        let digest = digest(&keys, &revoked);
+        if req.known.as_deref() != Some(digest.as_str()) || tokio::time::Instant::now() >= deadline
+        {
+            // The relay was alive for the whole wait.
+            state.store().heartbeat(&claims.sub, now()).await?;
+            return Ok(Json(HeartbeatResponse {
+                keys,
+                revoked,
+                digest,
+            }));
+        }
+        // Woken by a change on this replica; other replicas' changes are polled for.
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(STORE_POLL) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+        }
+    }
+}
+
+/// Longest a heartbeat is held; well under the relay's healthy interval.
+const MAX_HEARTBEAT_WAIT_SECS: u32 = 5;
+/// How often a held heartbeat re-reads the store for other replicas' changes.
+const STORE_POLL: Duration = Duration::from_secs(1);
+
+/// A short digest of the key set and revocation list.
+fn digest(keys: &[ferry_proto::token::PublicKey], revoked: &[Revoked]) -> String {
+    let json = serde_json::to_vec(&(keys, revoked)).unwrap_or_default();
+    ring::digest::digest(&ring::digest::SHA256, &json)
+        .as_ref()
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub(crate) async fn mint_token(
@@ -189,7 +226,7 @@ pub(crate) async fn revoke_token(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     authorize(&state, &headers, &[TokenKind::Admin]).await?;
-    if state.store().revoke_token(&id, now()).await? {
+    if state.revoke_token(&id).await? {
         tracing::info!(jti = %id, "token revoked by admin");
         return Ok(StatusCode::NO_CONTENT);
     }

@@ -274,7 +274,7 @@ pub(crate) async fn revoke_personal_token(
     // Someone else's token id answers like a missing one.
     match state.store().token(&id).await? {
         Some(t) if t.kind == "user" && t.subject == claims.sub => {
-            state.store().revoke_token(&id, now()).await?;
+            state.revoke_token(&id).await?;
             Ok(StatusCode::NO_CONTENT)
         }
         _ => Err(ApiError::not_found(

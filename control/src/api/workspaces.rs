@@ -147,7 +147,7 @@ pub(crate) async fn remove(
     let ws = owned(&state, &claims, &label).await?;
     // Its agents must not keep serving a workspace that is gone.
     for t in state.store().tokens("agent", &ws.label).await? {
-        state.store().revoke_token(&t.jti, now()).await?;
+        state.revoke_token(&t.jti).await?;
     }
     state.store().delete_workspace(&ws.label).await?;
     tracing::info!(workspace = %ws.label, "workspace deleted");
@@ -258,7 +258,7 @@ pub(crate) async fn revoke_agent_token(
 ) -> Result<StatusCode, ApiError> {
     let claims = authorize(&state, &headers, USER_OR_ADMIN).await?;
     let t = agent_token(&state, &claims, &label, &id).await?;
-    state.store().revoke_token(&t.jti, now()).await?;
+    state.revoke_token(&t.jti).await?;
     tracing::info!(workspace = %t.subject, jti = %t.jti, "agent token revoked");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -272,7 +272,7 @@ pub(crate) async fn rotate_agent_token(
     let claims = authorize(&state, &headers, USER_OR_ADMIN).await?;
     let old = agent_token(&state, &claims, &label, &id).await?;
     let new = mint_agent_token(&state, &old.subject, &old.name, None).await?;
-    state.store().revoke_token(&old.jti, now()).await?;
+    state.revoke_token(&old.jti).await?;
     tracing::info!(workspace = %old.subject, old = %old.jti, new = %new.id, "agent token rotated");
     Ok(Json(new))
 }
