@@ -77,16 +77,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_api() {
     let me: MeResponse = b.client.get("/api/v1/me", Some(&alice)).await.unwrap();
     assert_eq!(me.user, "alice");
 
-    // Revoked on A, refused on B.
-    let jti = ferry_proto::token::peek_claims(&fresh).unwrap().jti;
-    a.client
-        .delete(&format!("/api/v1/tokens/{jti}"), a.admin())
-        .await
-        .unwrap();
-    let r = b.client.get::<MeResponse>("/api/v1/me", Some(&fresh)).await;
-    assert_eq!(code(r), (401, "token_revoked".into()));
-
-    // The directory a relay reports to A routes on B.
+    // Revoked on A, refused on B; a relay long-polling B hears of it within seconds.
     let relay = a.mint(TokenKind::Relay, "eu-1").await;
     let _: RegisterRelayResponse = a
         .client
@@ -101,6 +92,33 @@ async fn two_replicas_on_one_postgres_serve_the_same_api() {
         )
         .await
         .unwrap();
+    let current: HeartbeatResponse = b
+        .client
+        .post(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest::default(),
+        )
+        .await
+        .unwrap();
+    let held = HeartbeatRequest {
+        known: Some(current.digest.clone()),
+        wait_secs: 30,
+        ..Default::default()
+    };
+    let poll =
+        b.client
+            .post::<_, HeartbeatResponse>("/api/v1/relays/heartbeat", Some(&relay), &held);
+    let jti = ferry_proto::token::peek_claims(&fresh).unwrap().jti;
+    let path = format!("/api/v1/tokens/{jti}");
+    let revoke = a.client.delete(&path, a.admin());
+    let (polled, revoked) = tokio::join!(poll, revoke);
+    revoked.unwrap();
+    assert!(polled.unwrap().revoked.iter().any(|r| r.jti == jti));
+    let r = b.client.get::<MeResponse>("/api/v1/me", Some(&fresh)).await;
+    assert_eq!(code(r), (401, "token_revoked".into()));
+
+    // The directory a relay reports to A routes on B.
     let _: serde_json::Value = a
         .client
         .post(
