@@ -153,6 +153,8 @@ impl ControlPlane {
                 }
             }
         }
+        // Held long polls answer now instead of keeping the drain waiting.
+        self.state.stopping.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while connections.join_next().await.is_some() {}
         })

@@ -65,6 +65,8 @@ pub struct State {
     /// Bumped when this replica revokes a token or rotates keys, to answer relays'
     /// long polls at once (changes made by other replicas are seen by polling).
     changes: tokio::sync::watch::Sender<u64>,
+    /// Fires when the server begins to shut down, so held requests answer at once.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -157,6 +159,7 @@ impl State {
             keys: RwLock::new(Arc::new(ring)),
             logins: LoginLimiter::default(),
             changes: tokio::sync::watch::Sender::new(0),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 

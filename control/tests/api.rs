@@ -786,6 +786,58 @@ async fn tokens_signed_before_the_store_existed_survive_the_upgrade_and_a_rotati
 }
 
 #[tokio::test]
+async fn shutdown_does_not_wait_for_held_heartbeats() {
+    let p = Plane::start("held-shutdown").await;
+    let relay = p.mint(TokenKind::Relay, "eu-1").await;
+    let _: RegisterRelayResponse = p
+        .client
+        .post(
+            "/api/v1/relays/register",
+            Some(&relay),
+            &RegisterRelayRequest {
+                region: "eu".into(),
+                quic_addr: "127.0.0.1:4433".into(),
+                names: vec!["127.0.0.1".into()],
+            },
+        )
+        .await
+        .unwrap();
+    let current: HeartbeatResponse = p
+        .client
+        .post(
+            "/api/v1/relays/heartbeat",
+            Some(&relay),
+            &HeartbeatRequest::default(),
+        )
+        .await
+        .unwrap();
+    let held = HeartbeatRequest {
+        known: Some(current.digest),
+        wait_secs: 30,
+        ..Default::default()
+    };
+    let client = p.client.clone();
+    let poll = tokio::spawn(async move {
+        client
+            .post::<_, HeartbeatResponse>("/api/v1/relays/heartbeat", Some(&relay), &held)
+            .await
+    });
+    // Let the request arrive and be held, then stop.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let t = std::time::Instant::now();
+    p.stop().await;
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "shutdown waited {:?} for a held heartbeat",
+        t.elapsed()
+    );
+    assert!(
+        poll.await.unwrap().is_ok(),
+        "the held heartbeat was answered"
+    );
+}
+
+#[tokio::test]
 async fn malformed_oversized_and_unknown_input_gets_typed_4xx_never_500() {
     let p = Plane::start("bad-input").await;
     let admin = Some(p.admin.as_str());

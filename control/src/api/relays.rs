@@ -161,7 +161,9 @@ pub(crate) async fn heartbeat(
         let keys = state.reload_keys().await?.public_keys();
         let revoked = revoked_list(&state).await?;
         let digest = digest(&keys, &revoked);
-        if req.known.as_deref() != Some(digest.as_str()) || tokio::time::Instant::now() >= deadline
+        if req.known.as_deref() != Some(digest.as_str())
+            || tokio::time::Instant::now() >= deadline
+            || state.stopping.is_cancelled()
         {
             // The relay was alive for the whole wait.
             state.store().heartbeat(&claims.sub, now()).await?;
@@ -176,6 +178,7 @@ pub(crate) async fn heartbeat(
             _ = changes.changed() => {}
             _ = tokio::time::sleep(STORE_POLL) => {}
             _ = tokio::time::sleep_until(deadline) => {}
+            _ = state.stopping.cancelled() => {}
         }
     }
 }
