@@ -783,6 +783,7 @@ async fn tokens_signed_before_the_store_existed_survive_the_upgrade_and_a_rotati
         "alice"
     );
     state.store().close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

@@ -1,18 +1,26 @@
 use super::*;
 use crate::testing;
 
+/// A scratch directory removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Every backend this environment offers, each with a fresh database.
-async fn stores(test: &str) -> Vec<Store> {
-    let mut stores = vec![testing::sqlite_store(&testing::scratch_dir(test))
-        .await
-        .expect("sqlite store")];
+async fn stores(test: &str) -> (Vec<Store>, Scratch) {
+    let dir = Scratch(testing::scratch_dir(test));
+    let mut stores = vec![testing::sqlite_store(&dir.0).await.expect("sqlite store")];
     if let Some(url) = testing::postgres_url(test) {
         let options = testing::fresh_postgres_database(&url)
             .await
             .expect("fresh PostgreSQL database");
         stores.push(Store::open_postgres(options).await.expect("postgres store"));
     }
-    stores
+    (stores, dir)
 }
 
 fn token(jti: &str, kind: &str, subject: &str, exp: i64) -> TokenRow {
@@ -30,7 +38,8 @@ fn token(jti: &str, kind: &str, subject: &str, exp: i64) -> TokenRow {
 
 #[tokio::test]
 async fn users_and_workspaces_round_trip_and_duplicates_conflict() {
-    for store in stores("users_and_workspaces").await {
+    let (all, _dir) = stores("users_and_workspaces").await;
+    for store in all {
         let b = store.backend_name();
         store
             .create_user("alice", Some("$argon2id$x"), 10)
@@ -84,7 +93,8 @@ async fn users_and_workspaces_round_trip_and_duplicates_conflict() {
 
 #[tokio::test]
 async fn revoked_tokens_are_listed_until_they_expire() {
-    for store in stores("revocations").await {
+    let (all, _dir) = stores("revocations").await;
+    for store in all {
         let b = store.backend_name();
         store
             .record_token(&token("a", "agent", "w--x", 1000))
@@ -133,7 +143,8 @@ async fn revoked_tokens_are_listed_until_they_expire() {
 
 #[tokio::test]
 async fn keys_relays_and_directory() {
-    for store in stores("keys_relays").await {
+    let (all, _dir) = stores("keys_relays").await;
+    for store in all {
         let b = store.backend_name();
         for (kid, at) in [("k1", 1), ("k2", 2)] {
             store

@@ -64,9 +64,11 @@ impl Plane {
         Some(&self.admin)
     }
 
+    /// Stops the server and removes its data directory.
     pub async fn stop(mut self) {
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_dir_all(&self.data_dir);
     }
 
     /// Creates a user with a password and logs in; returns the session token.
