@@ -30,16 +30,28 @@ impl WorkspaceConnection {
         let workspace = WorkspaceLabel::resolve(workspace, &settings.user)
             .map_err(|e| anyhow!("`{workspace}` is not a workspace name: {e}"))?;
         let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
-        let route: RouteResponse = control
+        let looked_up: Result<RouteResponse, ControlError> = control
             .get(
                 &format!("/api/v1/workspaces/{workspace}/route"),
                 Some(&settings.token),
             )
-            .await
-            .map_err(|e| match e {
-                ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
-                other => anyhow!(other),
-            })?;
+            .await;
+        let route = match looked_up {
+            Ok(route) => {
+                routes::remember(&route);
+                route
+            }
+            // The control plane is down: the relay we last reached the workspace
+            // through still knows its agent (and verifies our token offline).
+            Err(e) if e.is_unreachable() => match routes::recall(&workspace) {
+                Some(route) => {
+                    tracing::warn!(error = %e, relay = %route.relay.name, "control plane unreachable; using the last known route");
+                    route
+                }
+                None => return Err(anyhow!(e)),
+            },
+            Err(e) => return Err(api_error(e)),
+        };
         let addr: SocketAddr = route
             .relay
             .quic_addr
@@ -83,6 +95,52 @@ impl WorkspaceConnection {
         // `wait_idle` would also wait out the draining period (three PTOs, ~80 ms even
         // on loopback), which only delays the exit of `ferry tcp` and of ssh with it.
         let _ = tokio::time::timeout(Duration::from_millis(20), self.endpoint.wait_idle()).await;
+    }
+}
+
+/// A control-plane error as the user should read it.
+pub fn api_error(e: ControlError) -> anyhow::Error {
+    match e {
+        ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
+        other => anyhow!(other),
+    }
+}
+
+/// The last route seen per workspace, in `routes/LABEL.json` beside the CLI config.
+mod routes {
+    use ferry_proto::api::RouteResponse;
+    use ferry_proto::WorkspaceLabel;
+
+    fn path(workspace: &str) -> Option<std::path::PathBuf> {
+        // Labels are validated (lowercase, digits, hyphens), so safe as file names.
+        let dir = crate::config::default_path().parent()?.join("routes");
+        Some(dir.join(format!("{workspace}.json")))
+    }
+
+    pub fn remember(route: &RouteResponse) {
+        let Some(path) = path(&route.workspace) else {
+            return;
+        };
+        if WorkspaceLabel::parse(&route.workspace).is_err() {
+            return;
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(route).unwrap_or_default())?;
+            std::fs::rename(&tmp, &path)
+        };
+        if let Err(e) = write() {
+            tracing::debug!(error = %e, "cannot cache the route");
+        }
+    }
+
+    pub fn recall(workspace: &WorkspaceLabel) -> Option<RouteResponse> {
+        let text = std::fs::read(path(workspace.as_str())?).ok()?;
+        let route: RouteResponse = serde_json::from_slice(&text).ok()?;
+        (route.workspace == workspace.as_str()).then_some(route)
     }
 }
 

@@ -50,6 +50,27 @@ pub struct DevArgs {
     pub ready_file: Option<PathBuf>,
 }
 
+/// Creates the built-in user and its demo workspace unless a previous run did.
+async fn dev_user_and_workspace(
+    plane: &ControlPlane,
+    workspace: &ferry_proto::WorkspaceLabel,
+) -> Result<()> {
+    let store = plane.state().store();
+    let now = i64::try_from(ferry_transport::unix_now()).unwrap_or(i64::MAX);
+    store.ensure_user(DEV_USER, now).await?;
+    if store.workspace(workspace.as_str()).await?.is_none() {
+        store
+            .create_workspace(&ferry_control::store::WorkspaceRow {
+                label: workspace.to_string(),
+                name: workspace.name().to_string(),
+                owner: DEV_USER.to_string(),
+                created_at: now,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     if args.regions.is_empty() || args.relays_per_region == 0 {
         bail!("a dev network needs at least one region with one relay");
@@ -68,17 +89,31 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         data_dir: data_dir.clone(),
         listen: ([127, 0, 0, 1], args.control_port).into(),
         names: vec!["127.0.0.1".into(), "localhost".into()],
+        database_url: None,
     })
     .await
     .context("starting the control plane (is another `ferry dev` running? try --control-port 0)")?;
     let control_url = format!("https://127.0.0.1:{}", plane.local_addr().port());
     let ca_pem = plane.state().ca().cert_pem().to_string();
     let ca_file = ferry_certs::Ca::cert_path(&data_dir);
-    let user_token = plane.mint(TokenKind::User, DEV_USER, 30 * 24 * 3600);
-    let admin_token = plane.mint(TokenKind::Admin, "admin", 30 * 24 * 3600);
-    write_secret(&data_dir.join("admin.token"), &admin_token)?;
     let workspace = ferry_proto::WorkspaceLabel::new(DEMO_WORKSPACE, DEV_USER)?;
-    let agent_token = plane.mint(TokenKind::Agent, workspace.as_str(), 365 * 24 * 3600);
+    dev_user_and_workspace(&plane, &workspace).await?;
+    // The CLI is logged in as the built-in user, like after `ferry login dev`.
+    let user_token = plane
+        .mint(TokenKind::User, DEV_USER, "ferry dev login", 30 * 24 * 3600)
+        .await?;
+    let admin_token = plane
+        .mint(TokenKind::Admin, "admin", "ferry dev", 30 * 24 * 3600)
+        .await?;
+    write_secret(&data_dir.join("admin.token"), &admin_token)?;
+    let agent_token = plane
+        .mint(
+            TokenKind::Agent,
+            workspace.as_str(),
+            "ferry dev agent",
+            365 * 24 * 3600,
+        )
+        .await?;
     let mut relay_tokens = Vec::new();
     for region in &args.regions {
         for i in 1..=args.relays_per_region {
@@ -86,7 +121,9 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
             relay_tokens.push((
                 region.clone(),
                 name.clone(),
-                plane.mint(TokenKind::Relay, &name, 365 * 24 * 3600),
+                plane
+                    .mint(TokenKind::Relay, &name, "ferry dev relay", 365 * 24 * 3600)
+                    .await?,
             ));
         }
     }
@@ -105,6 +142,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
                 ca_pem: ca_pem.clone(),
                 token,
                 limits: Default::default(),
+                cache_dir: Some(data_dir.join("relay-cache")),
             },
             cancel.clone(),
         )

@@ -43,6 +43,9 @@ pub struct ControlArgs {
     /// Host names and IPs the API certificate covers (repeatable)
     #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
     pub names: Vec<String>,
+    /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB) [default: SQLite in the data dir]
+    #[arg(long, env = "FERRY_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Write a JSON file with the URL and file paths once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
@@ -54,10 +57,13 @@ pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()>
         data_dir: data_dir.clone(),
         listen: args.listen,
         names: args.names.clone(),
+        database_url: args.database_url.clone(),
     };
     let plane = ControlPlane::bind(&config).await?;
     let addr = plane.local_addr();
-    let admin = plane.mint(TokenKind::Admin, "admin", 30 * 24 * 3600);
+    let admin = plane
+        .mint(TokenKind::Admin, "admin", "bootstrap admin", 30 * 24 * 3600)
+        .await?;
     let admin_file = data_dir.join("admin.token");
     write_secret(&admin_file, &admin)?;
     let url = format!(
@@ -90,7 +96,7 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn read_ca(path: &Path) -> Result<String> {
+pub fn read_ca(path: &Path) -> Result<String> {
     std::fs::read_to_string(path)
         .with_context(|| format!("reading CA certificate {}", path.display()))
 }
@@ -121,6 +127,10 @@ pub struct RelayArgs {
     /// Relay token
     #[arg(long, env = "FERRY_RELAY_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// Where the relay caches its certificate, token keys and revocations, to restart
+    /// while the control plane is down [default: ~/.local/share/ferry/relay]
+    #[arg(long, env = "FERRY_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Write a JSON file with the bound address once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
@@ -137,6 +147,11 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         ca_pem: read_ca(&args.ca_file)?,
         token: args.token.clone(),
         limits: Default::default(),
+        cache_dir: Some(
+            args.cache_dir
+                .clone()
+                .unwrap_or_else(|| default_data_dir("relay")),
+        ),
     };
     // The control plane may start after us: wait for it, but fail at once on a refusal.
     let mut delay = Duration::from_millis(200);

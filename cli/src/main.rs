@@ -3,12 +3,15 @@
 //! the command and maps its error to an exit code; the work lives in the library crates.
 
 mod client;
+mod cmd_admin;
 mod cmd_dev;
+mod cmd_login;
 mod cmd_port_forward;
 mod cmd_servers;
 mod cmd_ssh;
 mod cmd_tcp;
 mod cmd_terminal;
+mod cmd_workspace;
 mod config;
 mod demo;
 
@@ -38,6 +41,12 @@ enum Command {
     Agent(cmd_servers::AgentArgs),
     /// Mint a token (needs the admin token)
     Token(cmd_servers::TokenArgs),
+    /// Operator commands: users, signing keys, revocation (needs the admin token)
+    Admin(cmd_admin::AdminArgs),
+    /// Log in with a password; the token is saved in the CLI config
+    Login(cmd_login::LoginArgs),
+    /// Your workspaces and their agent tokens
+    Workspace(cmd_workspace::WorkspaceArgs),
     /// Forward local ports to ports in a workspace
     PortForward(cmd_port_forward::PortForwardArgs),
     /// Connect standard input and output to a port in a workspace (like nc)
@@ -111,6 +120,9 @@ fn main() {
             Command::Relay(args) => cmd_servers::relay(args, cancel).await,
             Command::Agent(args) => cmd_servers::agent(args, cancel).await,
             Command::Token(args) => cmd_servers::token(args).await,
+            Command::Admin(args) => cmd_admin::run(args).await,
+            Command::Login(args) => cmd_login::run(args).await,
+            Command::Workspace(args) => cmd_workspace::run(args).await,
             Command::PortForward(args) => cmd_port_forward::run(args, cancel).await,
             Command::Tcp(args) => cmd_tcp::run(args).await,
             Command::Ssh(args) => cmd_ssh::run(args).await,

@@ -71,7 +71,7 @@ async fn unknown_and_disconnected_workspaces_fail_with_the_name_and_reason() -> 
         .await?;
     assert!(!ok);
     assert!(
-        err.contains("`nope--dev`") && err.contains("no connected agent"),
+        err.contains("`nope--dev`") && err.contains("does not exist"),
         "{err}"
     );
 

@@ -23,6 +23,8 @@ pub struct ControlConfig {
     pub listen: SocketAddr,
     /// Names the HTTPS certificate covers (host names and IP addresses clients use).
     pub names: Vec<String>,
+    /// `postgres://...` for a shared PostgreSQL store; default: SQLite in `data_dir`.
+    pub database_url: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -31,6 +33,7 @@ impl Default for ControlConfig {
             data_dir: PathBuf::from("ferry-data"),
             listen: "127.0.0.1:7443".parse().expect("literal address"),
             names: vec!["localhost".into(), "127.0.0.1".into()],
+            database_url: None,
         }
     }
 }
@@ -64,7 +67,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 impl ControlPlane {
     /// Loads state and binds the listener.
     pub async fn bind(config: &ControlConfig) -> Result<ControlPlane, ServeError> {
-        let state = Arc::new(State::load_or_create(&config.data_dir)?);
+        let state = Arc::new(State::open(&config.data_dir, config.database_url.as_deref()).await?);
         let cert = state.ca().issue(&config.names, Usage::Server)?;
         let tls = ferry_certs::server_config(&cert, &[b"http/1.1"])?;
         let listener =
@@ -92,14 +95,22 @@ impl ControlPlane {
     }
 
     /// Mints a token directly (for `ferry dev` and the bootstrap admin token).
-    pub fn mint(&self, kind: TokenKind, subject: &str, ttl_secs: u64) -> String {
-        self.state.mint(kind, subject, ttl_secs).0
+    pub async fn mint(
+        &self,
+        kind: TokenKind,
+        subject: &str,
+        name: &str,
+        ttl_secs: u64,
+    ) -> Result<String, StateError> {
+        Ok(self.state.mint(kind, subject, name, ttl_secs).await?.0)
     }
 
     /// Serves until `cancel` fires, then drains open connections for a short grace.
     pub async fn serve(self, cancel: CancellationToken) {
         let router = crate::api::router(self.state.clone());
         let mut connections = JoinSet::new();
+        let mut background = JoinSet::new();
+        background.spawn(maintenance(self.state.clone(), cancel.clone()));
         tracing::info!(addr = %self.local_addr(), "control plane API listening");
         loop {
             tokio::select! {
@@ -116,7 +127,10 @@ impl ControlPlane {
                         }
                     };
                     let acceptor = self.acceptor.clone();
-                    let service = TowerToHyperService::new(router.clone());
+                    // The login rate limit needs the peer's address.
+                    let service = TowerToHyperService::new(
+                        router.clone().layer(axum::Extension(crate::api::Peer(peer))),
+                    );
                     let cancel = cancel.clone();
                     connections.spawn(async move {
                         let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
@@ -139,11 +153,36 @@ impl ControlPlane {
                 }
             }
         }
+        // Held long polls answer now instead of keeping the drain waiting.
+        self.state.stopping.cancel();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
             while connections.join_next().await.is_some() {}
         })
         .await;
         connections.shutdown().await;
+        background.shutdown().await;
         tracing::info!("control plane stopped");
+    }
+}
+
+/// How often expired tokens are pruned from the store.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Expired tokens are kept this long, so a listing still explains a recent expiry.
+const KEEP_EXPIRED_SECS: i64 = 7 * 24 * 3600;
+
+/// Periodic upkeep of the store until cancelled. With several replicas each prunes;
+/// the deletes are idempotent.
+async fn maintenance(state: Arc<State>, cancel: CancellationToken) {
+    loop {
+        let before = crate::state::now().saturating_sub(KEEP_EXPIRED_SECS);
+        match state.store().prune_expired_tokens(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tokens = n, "pruned expired tokens"),
+            Err(e) => tracing::warn!(error = %e, "pruning expired tokens failed"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
     }
 }

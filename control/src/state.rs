@@ -1,12 +1,16 @@
-//! The control plane's state: signing key, CA, relays, and the agent directory.
+//! The control plane's state: the CA (files in the data directory), the store (users,
+//! workspaces, tokens, keys, relays, directory) and the signing keys loaded from it.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
 
-use dashmap::DashMap;
 use ferry_certs::{Ca, IssuedCert, Usage};
-use ferry_proto::api::RelayInfo;
+use ferry_proto::api::{RelayHealth, RelayInfo};
 use ferry_proto::token::{self, Claims, KeySet, SigningKey, TokenKind, AUDIENCE_FERRY};
+
+use crate::keyring::{self, Keyring, KeyringError};
+use crate::limiter::LoginLimiter;
+use crate::store::{RelayRow, Store, StoreError, TokenRow};
 
 /// Why the state could not be loaded or changed.
 #[derive(Debug, thiserror::Error)]
@@ -22,31 +26,47 @@ pub enum StateError {
     Cert(#[from] ferry_certs::CertError),
     #[error(transparent)]
     Key(#[from] token::KeyError),
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-const SIGNING_KEY_FILE: &str = "signing-key.pk8";
-const SIGNING_KID_FILE: &str = "signing-key.kid";
+/// Why a bearer token was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    #[error(transparent)]
+    Token(#[from] token::TokenError),
+    #[error("token was revoked")]
+    Revoked,
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The pre-store signing key file of older data directories, imported on first start.
+const LEGACY_KEY_FILE: &str = "signing-key.pk8";
+const LEGACY_KID_FILE: &str = "signing-key.kid";
+/// The SQLite database in the data directory.
+pub const SQLITE_FILE: &str = "ferry.db";
 const MAX_TTL_SECS: u64 = 400 * 24 * 3600;
 
-/// A relay the control plane has heard from.
-#[derive(Debug, Clone)]
-pub struct RelayRecord {
-    pub info: RelayInfo,
-    pub last_seen: Instant,
-}
-
-/// Where an agent is connected.
-#[derive(Debug, Clone)]
-pub struct DirectoryEntry {
-    pub relay: String,
-}
+/// A relay is healthy while its heartbeats (every ~2 s) are this fresh.
+pub const HEALTHY_SECS: i64 = 10;
+/// Past this silence a relay is unreachable (and not offered to new sessions).
+pub const UNREACHABLE_SECS: i64 = 30;
 
 /// Everything the control plane knows.
 pub struct State {
     ca: Ca,
-    signer: SigningKey,
-    relays: DashMap<String, RelayRecord>,
-    directory: DashMap<String, DirectoryEntry>,
+    store: Store,
+    keys: RwLock<Arc<Keyring>>,
+    pub(crate) logins: LoginLimiter,
+    /// Bumped when this replica revokes a token or rotates keys, to answer relays'
+    /// long polls at once (changes made by other replicas are seen by polling).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Fires when the server begins to shut down, so held requests answer at once.
+    pub(crate) stopping: tokio_util::sync::CancellationToken,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -56,28 +76,90 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     }
 }
 
+/// Now, in seconds since the epoch, as the store keeps it.
+pub fn now() -> i64 {
+    i64::try_from(ferry_transport::unix_now()).unwrap_or(i64::MAX)
+}
+
+/// Health from the age of the last heartbeat.
+pub fn health(last_heartbeat: i64, now: i64) -> RelayHealth {
+    let age = now.saturating_sub(last_heartbeat);
+    if age <= HEALTHY_SECS {
+        RelayHealth::Ok
+    } else if age <= UNREACHABLE_SECS {
+        RelayHealth::Unhealthy
+    } else {
+        RelayHealth::Unreachable
+    }
+}
+
+fn relay_info(row: &RelayRow, now: i64) -> RelayInfo {
+    RelayInfo {
+        name: row.name.clone(),
+        region: row.region.clone(),
+        quic_addr: row.quic_addr.clone(),
+        server_name: row.server_name.clone(),
+        health: Some(health(row.last_heartbeat, now)),
+    }
+}
+
 impl State {
-    /// Loads the CA and signing key from `data_dir`, creating them on first start.
-    pub fn load_or_create(data_dir: &Path) -> Result<State, StateError> {
+    /// Loads the CA from `data_dir` and opens the store: `database_url` if given,
+    /// else the SQLite file in `data_dir`. Creates what is missing on first start.
+    pub async fn open(data_dir: &Path, database_url: Option<&str>) -> Result<State, StateError> {
         std::fs::create_dir_all(data_dir).map_err(io_err(data_dir))?;
         let ca = Ca::load_or_create(data_dir)?;
-        let key_path = data_dir.join(SIGNING_KEY_FILE);
-        let kid_path = data_dir.join(SIGNING_KID_FILE);
-        let signer = if key_path.exists() {
-            let pkcs8 = std::fs::read(&key_path).map_err(io_err(&key_path))?;
-            let kid = std::fs::read_to_string(&kid_path).map_err(io_err(&kid_path))?;
-            SigningKey::from_pkcs8(kid.trim(), &pkcs8)?
-        } else {
-            let signer = SigningKey::generate(format!("k{}", ferry_transport::unix_now()))?;
-            write_private(&key_path, signer.pkcs8())?;
-            std::fs::write(&kid_path, signer.kid()).map_err(io_err(&kid_path))?;
-            signer
+        let store = match database_url {
+            Some(url) => Store::open_url(url).await?,
+            None => Store::open_sqlite(&data_dir.join(SQLITE_FILE)).await?,
         };
+        Self::with_store(ca, store, data_dir).await
+    }
+
+    /// Builds the state on an opened store.
+    pub async fn with_store(ca: Ca, store: Store, data_dir: &Path) -> Result<State, StateError> {
+        let now = now();
+        if store.keys().await?.is_empty() {
+            let legacy = data_dir.join(LEGACY_KEY_FILE);
+            if legacy.exists() {
+                // Keep tokens minted before the store existed valid.
+                let pkcs8 = std::fs::read(&legacy).map_err(io_err(&legacy))?;
+                let kid_path = data_dir.join(LEGACY_KID_FILE);
+                let kid = std::fs::read_to_string(&kid_path).map_err(io_err(&kid_path))?;
+                let key = SigningKey::from_pkcs8(kid.trim(), &pkcs8)?;
+                keyring::import_key(&store, &key, now).await?;
+                // Its tokens were never recorded: stand in for them with the longest
+                // lifetime a token can have, so a rotation keeps the key published
+                // until any of them could have expired.
+                store
+                    .record_token(&TokenRow {
+                        jti: format!("pre-store-{}", key.kid()),
+                        kind: "pre-store".into(),
+                        subject: String::new(),
+                        name: "tokens minted before the store existed".into(),
+                        kid: key.kid().to_string(),
+                        created_at: now,
+                        expires_at: now.saturating_add(MAX_TTL_SECS as i64),
+                        revoked_at: None,
+                    })
+                    .await?;
+            } else {
+                keyring::create_key(&store, now).await?;
+            }
+        }
+        let ring = Keyring::load(&store, now).await?;
+        tracing::info!(
+            backend = store.backend_name(),
+            signing_key = ring.signer().kid(),
+            "store opened"
+        );
         Ok(State {
             ca,
-            signer,
-            relays: DashMap::new(),
-            directory: DashMap::new(),
+            store,
+            keys: RwLock::new(Arc::new(ring)),
+            logins: LoginLimiter::default(),
+            changes: tokio::sync::watch::Sender::new(0),
+            stopping: tokio_util::sync::CancellationToken::new(),
         })
     }
 
@@ -85,13 +167,61 @@ impl State {
         &self.ca
     }
 
-    /// The public keys relays verify tokens with.
-    pub fn key_set(&self) -> KeySet {
-        KeySet::new([self.signer.public_key()])
+    pub fn store(&self) -> &Store {
+        &self.store
     }
 
-    /// Mints a token; the lifetime is capped.
-    pub fn mint(&self, kind: TokenKind, subject: &str, ttl_secs: u64) -> (String, Claims) {
+    fn keyring(&self) -> Arc<Keyring> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Re-reads the keys (another replica may have rotated them).
+    pub async fn reload_keys(&self) -> Result<Arc<Keyring>, StateError> {
+        let ring = Arc::new(Keyring::load(&self.store, now()).await?);
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = ring.clone();
+        Ok(ring)
+    }
+
+    /// The public keys tokens are verified with (as last loaded).
+    pub fn key_set(&self) -> KeySet {
+        self.keyring().published().clone()
+    }
+
+    /// Makes a new signing key; old keys stay published while their tokens live,
+    /// unless `drop_old`, which invalidates every token they signed.
+    pub async fn rotate_keys(&self, drop_old: bool) -> Result<String, StateError> {
+        let kid = keyring::rotate(&self.store, now(), drop_old).await?;
+        self.reload_keys().await?;
+        self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        tracing::info!(signing_key = %kid, drop_old, "signing keys rotated");
+        Ok(kid)
+    }
+
+    /// Revokes a token by id; false if there is none or it already was.
+    pub async fn revoke_token(&self, jti: &str) -> Result<bool, StateError> {
+        let done = self.store.revoke_token(jti, now()).await?;
+        if done {
+            self.changes.send_modify(|v| *v = v.wrapping_add(1));
+        }
+        Ok(done)
+    }
+
+    /// Watches local changes to keys and revocations.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Mints a token and records it (so it can be listed and revoked); the lifetime
+    /// is capped. `name` is a human label (`session`, a token's name).
+    pub async fn mint(
+        &self,
+        kind: TokenKind,
+        subject: &str,
+        name: &str,
+        ttl_secs: u64,
+    ) -> Result<(String, Claims), StateError> {
+        // Another replica may have rotated: sign with the newest key.
+        let ring = self.reload_keys().await?;
         let claims = token::new_claims(
             kind,
             subject,
@@ -99,45 +229,78 @@ impl State {
             ferry_transport::unix_now(),
             ttl_secs.min(MAX_TTL_SECS),
         );
-        (self.signer.sign(&claims), claims)
+        let token = ring.signer().sign(&claims);
+        self.store
+            .record_token(&TokenRow {
+                jti: claims.jti.clone(),
+                kind: kind.to_string(),
+                subject: subject.to_string(),
+                name: name.to_string(),
+                kid: ring.signer().kid().to_string(),
+                created_at: i64::try_from(claims.iat).unwrap_or(i64::MAX),
+                expires_at: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+                revoked_at: None,
+            })
+            .await?;
+        Ok((token, claims))
     }
 
-    /// Verifies a bearer token for the API.
-    pub fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, token::TokenError> {
-        self.key_set().verify(
-            token,
-            ferry_transport::unix_now(),
-            token::Expect {
-                kind,
-                audience: AUDIENCE_FERRY,
-            },
-        )
+    /// Verifies a bearer token for the API: signature, expiry, kind, revocation.
+    pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, VerifyError> {
+        let expect = token::Expect {
+            kind,
+            audience: AUDIENCE_FERRY,
+        };
+        let now = ferry_transport::unix_now();
+        let claims = match self.keyring().published().verify(token, now, expect) {
+            Err(token::TokenError::UnknownKey { .. }) => {
+                // Maybe a key another replica just made.
+                self.reload_keys()
+                    .await?
+                    .published()
+                    .verify(token, now, expect)?
+            }
+            other => other?,
+        };
+        if self
+            .store
+            .is_revoked(&claims.jti)
+            .await
+            .map_err(StateError::from)?
+        {
+            return Err(VerifyError::Revoked);
+        }
+        Ok(claims)
     }
 
     /// Records a relay and issues its certificate.
-    pub fn register_relay(
+    pub async fn register_relay(
         &self,
         info: RelayInfo,
         names: &[String],
     ) -> Result<IssuedCert, StateError> {
         let cert = self.ca.issue(names, Usage::ServerAndClient)?;
+        let now = now();
+        self.store
+            .upsert_relay(&RelayRow {
+                name: info.name.clone(),
+                region: info.region.clone(),
+                quic_addr: info.quic_addr.clone(),
+                server_name: info.server_name.clone(),
+                registered_at: now,
+                last_heartbeat: now,
+            })
+            .await?;
         tracing::info!(relay = %info.name, region = %info.region, addr = %info.quic_addr, "relay registered");
-        self.relays.insert(
-            info.name.clone(),
-            RelayRecord {
-                info,
-                last_seen: Instant::now(),
-            },
-        );
         Ok(cert)
     }
 
-    /// All relays, grouped by region, both sorted by name.
-    pub fn regions(&self) -> Vec<ferry_proto::api::Region> {
-        let mut relays: Vec<RelayInfo> = self.relays.iter().map(|r| r.info.clone()).collect();
-        relays.sort_by(|a, b| (&a.region, &a.name).cmp(&(&b.region, &b.name)));
+    /// All relays with their health, grouped by region, both sorted by name.
+    pub async fn regions(&self) -> Result<Vec<ferry_proto::api::Region>, StateError> {
+        let now = now();
         let mut regions: Vec<ferry_proto::api::Region> = Vec::new();
-        for relay in relays {
+        for row in self.store.relays().await? {
+            let relay = relay_info(&row, now);
             match regions.last_mut() {
                 Some(r) if r.name == relay.region => r.relays.push(relay),
                 _ => regions.push(ferry_proto::api::Region {
@@ -146,45 +309,35 @@ impl State {
                 }),
             }
         }
-        regions
-    }
-
-    pub fn relay(&self, name: &str) -> Option<RelayInfo> {
-        self.relays.get(name).map(|r| r.info.clone())
+        Ok(regions)
     }
 
     /// A relay reports an agent connecting or leaving.
-    pub fn update_directory(&self, relay: &str, workspace: &str, connected: bool) {
-        if let Some(mut r) = self.relays.get_mut(relay) {
-            r.last_seen = Instant::now();
-        }
+    pub async fn update_directory(
+        &self,
+        relay: &str,
+        workspace: &str,
+        connected: bool,
+    ) -> Result<(), StateError> {
+        let now = now();
+        self.store.heartbeat(relay, now).await?;
         if connected {
-            self.directory.insert(
-                workspace.to_string(),
-                DirectoryEntry {
-                    relay: relay.to_string(),
-                },
-            );
+            self.store.set_directory(workspace, relay, now).await?;
         } else {
-            // Only the relay that holds the entry may clear it: a late "left" from the
-            // old relay must not erase the agent's new home.
-            self.directory.remove_if(workspace, |_, e| e.relay == relay);
+            self.store.clear_directory(workspace, relay).await?;
         }
+        Ok(())
     }
 
     /// Where a workspace's agent is connected, if anywhere.
-    pub fn route(&self, workspace: &str) -> Option<RelayInfo> {
-        let entry = self.directory.get(workspace)?;
-        self.relay(&entry.relay)
+    pub async fn route(&self, workspace: &str) -> Result<Option<RelayInfo>, StateError> {
+        let Some(relay) = self.store.directory(workspace).await? else {
+            return Ok(None);
+        };
+        Ok(self
+            .store
+            .relay(&relay)
+            .await?
+            .map(|row| relay_info(&row, now())))
     }
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<(), StateError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut f = options.open(path).map_err(io_err(path))?;
-    f.write_all(contents).map_err(io_err(path))
 }

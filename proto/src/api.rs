@@ -33,6 +33,21 @@ pub struct RelayInfo {
     pub quic_addr: String,
     /// The name its certificate is valid for (TLS server name).
     pub server_name: String,
+    /// Health by the age of its last heartbeat (absent from older control planes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RelayHealth>,
+}
+
+/// A relay's health as the control plane sees it, from its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayHealth {
+    /// Heartbeats arrive.
+    Ok,
+    /// Heartbeats are late.
+    Unhealthy,
+    /// No heartbeat for long: not offered to new sessions.
+    Unreachable,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -96,4 +111,202 @@ pub struct DirectoryUpdate {
 pub struct RouteResponse {
     pub workspace: String,
     pub relay: RelayInfo,
+}
+
+/// `POST /api/v1/users` (admin token): create a user.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateUserRequest {
+    pub name: String,
+    /// Without one the user can only use tokens an admin mints.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for CreateUserRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CreateUserRequest")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// A user as the API shows it (never the password hash).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub name: String,
+    pub has_password: bool,
+    pub created_at: i64,
+}
+
+/// `GET /api/v1/users` (admin token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UsersResponse {
+    pub users: Vec<UserInfo>,
+}
+
+/// `POST /api/v1/login`: password login, answered with a session (user) token.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub user: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A freshly minted token: the only time the secret is shown.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct NewTokenResponse {
+    /// The token's id (`jti`), for listing and revoking.
+    pub id: String,
+    pub token: String,
+    pub expires_at: u64,
+}
+
+impl std::fmt::Debug for NewTokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewTokenResponse")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `POST /api/v1/me/tokens` (personal API token) and
+/// `POST /api/v1/workspaces/{label}/agent-tokens` (agent token).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// A label to recognise the token by in listings.
+    pub name: String,
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+/// A token as listings show it (never the secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub kind: TokenKind,
+    pub subject: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    pub revoked: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokensResponse {
+    pub tokens: Vec<TokenInfo>,
+}
+
+/// `GET /api/v1/me` (user token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeResponse {
+    pub user: String,
+}
+
+/// `POST /api/v1/workspaces` (user token, or admin token with an owner).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkspaceRequest {
+    pub name: String,
+    /// Only an admin may create a workspace for someone else.
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    /// `NAME--OWNER`, the affinity key.
+    pub label: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspacesResponse {
+    pub workspaces: Vec<WorkspaceInfo>,
+}
+
+/// One revoked token that has not expired yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revoked {
+    pub jti: String,
+    pub expires_at: i64,
+}
+
+/// `GET /api/v1/revocations` (relay or admin token).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RevocationsResponse {
+    pub revoked: Vec<Revoked>,
+}
+
+/// `POST /api/v1/relays/heartbeat` (relay token): the relay is alive; the answer
+/// carries what the relay must cache to verify tokens offline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    /// Agents connected right now.
+    pub agents: u64,
+    /// Every workspace whose agent is on this relay, sent after the relay starts or
+    /// loses the control plane for a while: the control plane then replaces this
+    /// relay's directory entries with it, repairing updates lost meanwhile.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspaces: Option<Vec<String>>,
+    /// The `digest` of the keys and revocations the relay holds. With `wait_secs` the
+    /// answer is held until they change or that long has passed (a long poll), so
+    /// revocations reach relays at once with few requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known: Option<String>,
+    #[serde(default)]
+    pub wait_secs: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    pub keys: Vec<PublicKey>,
+    pub revoked: Vec<Revoked>,
+    /// Identifies this pair of lists, for the next request's `known`.
+    #[serde(default)]
+    pub digest: String,
+}
+
+/// `POST /api/v1/keys/rotate` (admin token).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKeysRequest {
+    /// Stop publishing the old keys at once (they may have leaked): every token they
+    /// signed, this request's admin token included, stops working.
+    #[serde(default)]
+    pub drop_old: bool,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct RotateKeysResponse {
+    /// The new signing key's id.
+    pub kid: String,
+    /// Every published key, old ones included until their tokens expire.
+    pub keys: Vec<PublicKey>,
+    /// After `drop_old`, a fresh admin token to replace the one that just died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+}
+
+impl std::fmt::Debug for RotateKeysResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RotateKeysResponse")
+            .field("kid", &self.kid)
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
 }

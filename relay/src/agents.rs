@@ -44,6 +44,11 @@ impl AgentTable {
         self.links.get(label).map(|l| l.clone())
     }
 
+    /// The workspaces with a connected agent (a snapshot for the control plane).
+    pub fn workspaces(&self) -> Vec<String> {
+        self.links.iter().map(|l| l.key().to_string()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.links.len()
     }

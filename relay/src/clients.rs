@@ -36,7 +36,7 @@ async fn accept_hello(
         return None;
     };
     let verdict = match hello {
-        Ok(hello) => check_token(shared, &hello.token, kind),
+        Ok(hello) => check_token(shared, conn, &hello.token, kind),
         Err(e) => Err(ErrorFrame::new(
             ErrorCode::Protocol,
             format!("bad hello: {e}"),

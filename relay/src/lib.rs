@@ -8,6 +8,7 @@
 //! nothing outlives the relay.
 
 mod agents;
+pub mod cache;
 mod clients;
 mod directory;
 mod server;

@@ -1,10 +1,12 @@
 //! The relay's endpoint, its start-up and its accept loop.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use ferry_proto::api::{KeysResponse, RegisterRelayRequest, RegisterRelayResponse};
+use ferry_proto::api::{RegisterRelayRequest, RegisterRelayResponse};
 use ferry_proto::token::{KeySet, TokenKind};
 use ferry_proto::{alpn, ErrorCode};
 use ferry_transport::{ControlClient, ControlError, Limits};
@@ -12,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::agents::AgentTable;
+use crate::cache::{self, Cached};
 use crate::directory::{self, DirectoryReporter};
 
 /// How a relay runs.
@@ -32,6 +35,9 @@ pub struct RelayConfig {
     /// A relay token minted by the control plane.
     pub token: String,
     pub limits: Limits,
+    /// Where the certificate, token keys and revocations are cached, so that the relay
+    /// restarts and verifies tokens while the control plane is down. None: no cache.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// Why a relay could not start.
@@ -56,8 +62,12 @@ pub enum RelayError {
 pub(crate) struct Shared {
     pub name: String,
     pub keys: RwLock<Arc<KeySet>>,
+    /// Token ids (`jti`) the control plane revoked.
+    pub revoked: RwLock<Arc<HashSet<String>>>,
     pub agents: AgentTable,
     pub directory: DirectoryReporter,
+    /// Open connections by token id, to end them when the token is revoked.
+    pub sessions: cache::Sessions,
 }
 
 impl Shared {
@@ -74,9 +84,6 @@ pub struct Relay {
     cancel: CancellationToken,
 }
 
-/// How often the relay refreshes the token keys from the control plane.
-const KEY_REFRESH: Duration = Duration::from_secs(30);
-
 impl Relay {
     /// Binds the UDP socket, registers with the control plane, and builds the endpoint.
     /// Background tasks stop when `cancel` fires.
@@ -91,20 +98,43 @@ impl Relay {
         })?;
         let advertise = config.advertise.unwrap_or(bound);
         let control = ControlClient::new(&config.control_url, &config.ca_pem)?;
-        let registration: RegisterRelayResponse = control
-            .post(
-                "/api/v1/relays/register",
-                Some(&config.token),
-                &RegisterRelayRequest {
-                    region: config.region.clone(),
-                    quic_addr: advertise.to_string(),
-                    names: config.names.clone(),
-                },
-            )
-            .await?;
+        let cache_path = config
+            .cache_dir
+            .as_ref()
+            .map(|dir| cache::path(dir, &config.name));
+        let enrollment = RegisterRelayRequest {
+            region: config.region.clone(),
+            quic_addr: advertise.to_string(),
+            names: config.names.clone(),
+        };
+        let registered: Result<RegisterRelayResponse, ControlError> = control
+            .post("/api/v1/relays/register", Some(&config.token), &enrollment)
+            .await;
+        let enrolled = registered.is_ok();
+        let cached = match (registered, &cache_path) {
+            (Ok(r), path) => {
+                let cached = Cached::from_registration(&r);
+                if let Some(path) = path {
+                    if let Err(e) = cached.save(path) {
+                        tracing::warn!(error = %e, "cannot write the relay cache");
+                    }
+                }
+                cached
+            }
+            // The control plane is down: start from what we knew, so that known agents
+            // and clients with valid tokens keep working.
+            (Err(e), Some(path)) if e.is_unreachable() => match Cached::load(path) {
+                Ok(cached) => {
+                    tracing::warn!(error = %e, cache = %path.display(), "control plane unreachable; starting from the cache");
+                    cached
+                }
+                Err(_) => return Err(e.into()),
+            },
+            (Err(e), _) => return Err(e.into()),
+        };
         let cert = ferry_certs::IssuedCert {
-            cert_pem: registration.cert_pem,
-            key_pem: registration.key_pem,
+            cert_pem: cached.cert_pem.clone(),
+            key_pem: cached.key_pem.clone(),
         };
         let tls = ferry_certs::server_config(&cert, &[alpn::AGENT, alpn::CLIENT])?;
         let endpoint = ferry_transport::quic::server_endpoint(
@@ -120,14 +150,20 @@ impl Relay {
         background.spawn(report_task);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
-            keys: RwLock::new(Arc::new(KeySet::new(registration.keys))),
+            keys: RwLock::new(Arc::new(KeySet::new(cached.keys.clone()))),
+            revoked: RwLock::new(cache::revoked_set(&cached.revoked)),
             agents: AgentTable::default(),
             directory: reporter,
+            sessions: cache::Sessions::default(),
         });
-        background.spawn(refresh_keys(
+        background.spawn(cache::sync(
             shared.clone(),
             control,
             config.token.clone(),
+            enrollment,
+            // A relay that started from its cache enrolls once the control plane is back.
+            enrolled,
+            cache_path.map(|p| (p, cached)),
             cancel.clone(),
         ));
         tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, "relay listening");
@@ -194,37 +230,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: 
     }
 }
 
-async fn refresh_keys(
-    shared: Arc<Shared>,
-    control: ControlClient,
-    token: String,
-    cancel: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(KEY_REFRESH) => {}
-        }
-        match control
-            .get::<KeysResponse>("/api/v1/keys", Some(&token))
-            .await
-        {
-            Ok(resp) if !resp.keys.is_empty() => {
-                *shared.keys.write().unwrap_or_else(|p| p.into_inner()) =
-                    Arc::new(KeySet::new(resp.keys));
-            }
-            Ok(_) => {
-                tracing::warn!("control plane returned an empty key set; keeping the cached one")
-            }
-            // Keep verifying with the cached keys while the control plane is away.
-            Err(e) => tracing::debug!(error = %e, "key refresh failed"),
-        }
-    }
-}
-
-/// Checks a hello token of `kind`; returns the subject.
+/// Checks the hello token of `kind` on `conn`; returns the subject. The connection is
+/// remembered under the token's id, so that revoking the token ends it.
 pub(crate) fn check_token(
     shared: &Shared,
+    conn: &quinn::Connection,
     token: &str,
     kind: TokenKind,
 ) -> Result<String, ferry_proto::ErrorFrame> {
@@ -238,6 +248,21 @@ pub(crate) fn check_token(
                 audience: ferry_proto::token::AUDIENCE_FERRY,
             },
         )
-        .map(|claims| claims.sub)
         .map_err(|e| ferry_proto::ErrorFrame::new(e.code(), e.to_string()))
+        .and_then(|claims| {
+            let revoked = shared
+                .revoked
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            if revoked.contains(&claims.jti) {
+                Err(ferry_proto::ErrorFrame::new(
+                    ErrorCode::Unauthorized,
+                    "token was revoked",
+                ))
+            } else {
+                shared.sessions.track(&claims.jti, conn);
+                Ok(claims.sub)
+            }
+        })
 }

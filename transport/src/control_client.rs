@@ -113,6 +113,13 @@ impl ControlClient {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// `DELETE path`; success is any 2xx.
+    pub async fn delete(&self, path: &str, token: Option<&str>) -> Result<(), ControlError> {
+        self.call::<serde_json::Value>(Method::DELETE, path, token, None)
+            .await
+            .map(|_| ())
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,

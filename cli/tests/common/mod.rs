@@ -10,9 +10,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferry_proto::api::{MintTokenRequest, MintTokenResponse, RouteResponse};
+use ferry_proto::api::{
+    CreateTokenRequest, CreateUserRequest, CreateWorkspaceRequest, MintTokenRequest,
+    MintTokenResponse, NewTokenResponse, RouteResponse, UserInfo, WorkspaceInfo,
+};
 use ferry_proto::token::TokenKind;
 use ferry_transport::ControlClient;
+use ferry_transport::ControlError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
@@ -45,6 +49,31 @@ impl Drop for TempDir {
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Starts `ferry control` on `listen` with its data in `dir/control`; waits until ready.
+async fn spawn_control(dir: &Path, listen: &str) -> Result<(Child, serde_json::Value)> {
+    let ready = dir.join("control.json");
+    let _ = std::fs::remove_file(&ready);
+    let data = dir.join("control");
+    let control = spawn_ferry(
+        dir,
+        "control",
+        &[
+            "control",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            listen,
+            "--name",
+            "127.0.0.1",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+    Ok((control, info))
 }
 
 /// Polls until `path` exists and parses as JSON.
@@ -82,7 +111,9 @@ pub fn spawn_ferry(dir: &Path, log_name: &str, args: &[&str], envs: &[(&str, &st
 
 pub struct Relay {
     pub name: String,
+    pub region: String,
     pub addr: SocketAddr,
+    pub token: String,
     pub child: Child,
 }
 
@@ -100,25 +131,7 @@ pub struct Network {
 impl Network {
     pub async fn start(name: &str) -> Result<Network> {
         let dir = TempDir::new(name);
-        let ready = dir.0.join("control.json");
-        let data = dir.0.join("control");
-        let control = spawn_ferry(
-            &dir.0,
-            "control",
-            &[
-                "control",
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--name",
-                "127.0.0.1",
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ],
-            &[],
-        );
-        let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+        let (control, info) = spawn_control(&dir.0, "127.0.0.1:0").await?;
         let admin_file = info["admin_token_file"]
             .as_str()
             .context("admin token file")?;
@@ -131,6 +144,24 @@ impl Network {
             relays: Vec::new(),
             agents: Vec::new(),
         })
+    }
+
+    /// Starts the control plane again, on the same port and data directory, after the
+    /// test stopped it.
+    pub async fn restart_control(&mut self) -> Result<()> {
+        let port = self
+            .control_url
+            .rsplit(':')
+            .next()
+            .context("control URL port")?
+            .to_string();
+        let (child, info) = spawn_control(&self.dir.0, &format!("127.0.0.1:{port}")).await?;
+        anyhow::ensure!(info["url"] == self.control_url.as_str(), "moved: {info}");
+        self.control = child;
+        self.admin_token = std::fs::read_to_string(self.dir.0.join("control/admin.token"))?
+            .trim()
+            .to_string();
+        Ok(())
     }
 
     pub fn control_client(&self) -> ControlClient {
@@ -167,8 +198,22 @@ impl Network {
         listen: &str,
     ) -> Result<SocketAddr> {
         let token = self.mint(TokenKind::Relay, name, None).await?;
+        self.start_relay_with_token(name, region, listen, &token)
+            .await
+    }
+
+    /// Starts a relay process with a given token (no control-plane call of our own,
+    /// so it works while the control plane is down).
+    pub async fn start_relay_with_token(
+        &mut self,
+        name: &str,
+        region: &str,
+        listen: &str,
+        token: &str,
+    ) -> Result<SocketAddr> {
         let ready = self.dir.0.join(format!("relay-{name}.json"));
         let _ = std::fs::remove_file(&ready);
+        let cache = self.dir.0.join("relay-cache");
         let child = spawn_ferry(
             &self.dir.0,
             &format!("relay-{name}"),
@@ -186,25 +231,83 @@ impl Network {
                 self.ca_file.to_str().unwrap(),
                 "--cert-name",
                 "127.0.0.1",
+                "--cache-dir",
+                cache.to_str().unwrap(),
                 "--ready-file",
                 ready.to_str().unwrap(),
             ],
-            &[("FERRY_RELAY_TOKEN", &token)],
+            &[("FERRY_RELAY_TOKEN", token)],
         );
         let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
         let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
         self.relays.retain(|r| r.name != name);
         self.relays.push(Relay {
             name: name.to_string(),
+            region: region.to_string(),
             addr,
+            token: token.to_string(),
             child,
         });
         Ok(addr)
     }
 
-    /// Starts an agent process for `workspace` (NAME--OWNER).
+    /// Creates the owner and the workspace `label` (NAME--OWNER) unless they exist,
+    /// as an admin would.
+    pub async fn ensure_workspace(&self, label: &str) -> Result<()> {
+        let label = ferry_proto::WorkspaceLabel::parse(label)?;
+        let client = self.control_client();
+        let admin = Some(self.admin_token.as_str());
+        let user: Result<UserInfo, _> = client
+            .post(
+                "/api/v1/users",
+                admin,
+                &CreateUserRequest {
+                    name: label.owner().to_string(),
+                    password: None,
+                },
+            )
+            .await;
+        match user {
+            Ok(_) => {}
+            Err(ControlError::Api { status: 409, .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let ws: Result<WorkspaceInfo, _> = client
+            .post(
+                "/api/v1/workspaces",
+                admin,
+                &CreateWorkspaceRequest {
+                    name: label.name().to_string(),
+                    owner: Some(label.owner().to_string()),
+                },
+            )
+            .await;
+        match ws {
+            Ok(_) => Ok(()),
+            Err(ControlError::Api { status: 409, .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A new agent token for `workspace`, creating the workspace if needed.
+    pub async fn agent_token(&self, workspace: &str) -> Result<NewTokenResponse> {
+        self.ensure_workspace(workspace).await?;
+        Ok(self
+            .control_client()
+            .post(
+                &format!("/api/v1/workspaces/{workspace}/agent-tokens"),
+                Some(&self.admin_token),
+                &CreateTokenRequest {
+                    name: "test agent".into(),
+                    ttl_secs: None,
+                },
+            )
+            .await?)
+    }
+
+    /// Starts an agent process for `workspace` (NAME--OWNER), creating the workspace.
     pub async fn start_agent(&mut self, workspace: &str, extra: &[&str]) -> Result<()> {
-        let token = self.mint(TokenKind::Agent, workspace, None).await?;
+        let token = self.agent_token(workspace).await?.token;
         let mut args = vec![
             "agent",
             "--control",

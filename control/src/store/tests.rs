@@ -1,0 +1,248 @@
+use super::*;
+use crate::testing;
+
+/// A scratch directory removed when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every backend this environment offers, each with a fresh database.
+async fn stores(test: &str) -> (Vec<Store>, Scratch) {
+    let dir = Scratch(testing::scratch_dir(test));
+    let mut stores = vec![testing::sqlite_store(&dir.0).await.expect("sqlite store")];
+    if let Some(url) = testing::postgres_url(test) {
+        let options = testing::fresh_postgres_database(&url)
+            .await
+            .expect("fresh PostgreSQL database");
+        stores.push(Store::open_postgres(options).await.expect("postgres store"));
+    }
+    (stores, dir)
+}
+
+fn token(jti: &str, kind: &str, subject: &str, exp: i64) -> TokenRow {
+    TokenRow {
+        jti: jti.into(),
+        kind: kind.into(),
+        subject: subject.into(),
+        name: "t".into(),
+        kid: "k1".into(),
+        created_at: 100,
+        expires_at: exp,
+        revoked_at: None,
+    }
+}
+
+#[tokio::test]
+async fn users_and_workspaces_round_trip_and_duplicates_conflict() {
+    let (all, _dir) = stores("users_and_workspaces").await;
+    for store in all {
+        let b = store.backend_name();
+        store
+            .create_user("alice", Some("$argon2id$x"), 10)
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                store.create_user("alice", None, 11).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "{b}"
+        );
+        store.ensure_user("alice", 12).await.unwrap();
+        store.ensure_user("bob", 12).await.unwrap();
+        let alice = store.user("alice").await.unwrap().unwrap();
+        assert_eq!(alice.password_hash.as_deref(), Some("$argon2id$x"), "{b}");
+        assert!(store.set_password("bob", "h").await.unwrap());
+        assert!(!store.set_password("carol", "h").await.unwrap());
+        assert_eq!(store.users().await.unwrap().len(), 2, "{b}");
+        assert_eq!(store.user("nobody").await.unwrap(), None);
+
+        let ws = WorkspaceRow {
+            label: "demo--alice".into(),
+            name: "demo".into(),
+            owner: "alice".into(),
+            created_at: 20,
+        };
+        store.create_workspace(&ws).await.unwrap();
+        assert!(
+            matches!(
+                store.create_workspace(&ws).await,
+                Err(StoreError::Conflict { .. })
+            ),
+            "{b}"
+        );
+        assert_eq!(
+            store.workspace("demo--alice").await.unwrap(),
+            Some(ws.clone())
+        );
+        assert_eq!(
+            store.workspaces(Some("alice")).await.unwrap(),
+            vec![ws.clone()]
+        );
+        assert!(store.workspaces(Some("bob")).await.unwrap().is_empty());
+        assert_eq!(store.workspaces(None).await.unwrap().len(), 1);
+        assert!(store.delete_workspace("demo--alice").await.unwrap());
+        assert!(!store.delete_workspace("demo--alice").await.unwrap());
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn revoked_tokens_are_listed_until_they_expire() {
+    let (all, _dir) = stores("revocations").await;
+    for store in all {
+        let b = store.backend_name();
+        store
+            .record_token(&token("a", "agent", "w--x", 1000))
+            .await
+            .unwrap();
+        store
+            .record_token(&token("b", "agent", "w--x", 50))
+            .await
+            .unwrap();
+        store
+            .record_token(&token("c", "user", "x", 1000))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.record_token(&token("a", "agent", "w--x", 1000)).await,
+            Err(StoreError::Conflict { .. })
+        ));
+        assert_eq!(store.tokens("agent", "w--x").await.unwrap().len(), 2, "{b}");
+        assert!(store.revoke_token("a", 200).await.unwrap());
+        assert!(
+            !store.revoke_token("a", 201).await.unwrap(),
+            "{b}: revoked twice"
+        );
+        assert!(store.revoke_token("b", 200).await.unwrap());
+        assert!(!store.revoke_token("zzz", 200).await.unwrap());
+        assert!(store.is_revoked("a").await.unwrap());
+        assert!(!store.is_revoked("c").await.unwrap());
+        // `b` expired at 50: no verifier needs to hear about it any more.
+        assert_eq!(
+            store.revocations(100).await.unwrap(),
+            vec![("a".to_string(), 1000)],
+            "{b}"
+        );
+        assert_eq!(
+            store.token("a").await.unwrap().unwrap().revoked_at,
+            Some(200)
+        );
+        assert_eq!(store.last_expiry_signed_by("k1").await.unwrap(), Some(1000));
+        assert_eq!(store.last_expiry_signed_by("k9").await.unwrap(), None);
+        assert_eq!(store.prune_expired_tokens(100).await.unwrap(), 1, "{b}");
+        assert_eq!(store.token("b").await.unwrap(), None);
+        assert!(store.token("a").await.unwrap().is_some());
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn keys_relays_and_directory() {
+    let (all, _dir) = stores("keys_relays").await;
+    for store in all {
+        let b = store.backend_name();
+        for (kid, at) in [("k1", 1), ("k2", 2)] {
+            store
+                .insert_key(&KeyRow {
+                    kid: kid.into(),
+                    pkcs8_b64: "AAAA".into(),
+                    created_at: at,
+                    retired_at: None,
+                    dropped_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        store.retire_keys_except("k2", 5).await.unwrap();
+        let keys = store.keys().await.unwrap();
+        assert_eq!(keys[0].retired_at, Some(5), "{b}");
+        assert_eq!(keys[1].retired_at, None, "{b}");
+        store.drop_keys_except("k2", 6).await.unwrap();
+        let keys = store.keys().await.unwrap();
+        assert_eq!(
+            (keys[0].retired_at, keys[0].dropped_at),
+            (Some(5), Some(6)),
+            "{b}"
+        );
+        assert_eq!(keys[1].dropped_at, None, "{b}");
+
+        let mut relay = RelayRow {
+            name: "eu-1".into(),
+            region: "eu".into(),
+            quic_addr: "127.0.0.1:1".into(),
+            server_name: "127.0.0.1".into(),
+            registered_at: 1,
+            last_heartbeat: 1,
+        };
+        store.upsert_relay(&relay).await.unwrap();
+        relay.quic_addr = "127.0.0.1:2".into();
+        store.upsert_relay(&relay).await.unwrap();
+        assert!(store.heartbeat("eu-1", 9).await.unwrap());
+        assert!(!store.heartbeat("us-1", 9).await.unwrap());
+        let got = store.relay("eu-1").await.unwrap().unwrap();
+        assert_eq!(
+            (got.quic_addr.as_str(), got.last_heartbeat),
+            ("127.0.0.1:2", 9),
+            "{b}"
+        );
+        assert_eq!(store.relays().await.unwrap().len(), 1);
+
+        store.set_directory("w--x", "eu-1", 3).await.unwrap();
+        store.set_directory("w--x", "eu-2", 4).await.unwrap();
+        // The old relay's late "left" does not erase the new home.
+        store.clear_directory("w--x", "eu-1").await.unwrap();
+        assert_eq!(
+            store.directory("w--x").await.unwrap().as_deref(),
+            Some("eu-2"),
+            "{b}"
+        );
+        store.clear_directory("w--x", "eu-2").await.unwrap();
+        assert_eq!(store.directory("w--x").await.unwrap(), None);
+
+        // A relay's snapshot replaces its own entries only.
+        store.set_directory("a--x", "eu-1", 5).await.unwrap();
+        store.set_directory("b--x", "eu-2", 5).await.unwrap();
+        store
+            .replace_directory("eu-1", &["c--x".into(), "b--x".into()], 6)
+            .await
+            .unwrap();
+        assert_eq!(store.directory("a--x").await.unwrap(), None, "{b}");
+        assert_eq!(
+            store.directory("b--x").await.unwrap().as_deref(),
+            Some("eu-1")
+        );
+        assert_eq!(
+            store.directory("c--x").await.unwrap().as_deref(),
+            Some("eu-1")
+        );
+        store.replace_directory("eu-1", &[], 7).await.unwrap();
+        assert_eq!(store.directory("c--x").await.unwrap(), None);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn reopening_a_sqlite_file_keeps_the_data_and_migrates_once() {
+    let dir = testing::scratch_dir("reopen");
+    let store = testing::sqlite_store(&dir).await.unwrap();
+    store.ensure_user("alice", 1).await.unwrap();
+    store.close().await;
+    let again = testing::sqlite_store(&dir).await.unwrap();
+    assert!(again.user("alice").await.unwrap().is_some());
+    again.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn database_urls_are_redacted_in_messages() {
+    assert_eq!(
+        redact("postgres://u:secret@h:5432/db"),
+        "postgres://u:***@h:5432/db"
+    );
+    assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+}

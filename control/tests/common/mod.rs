@@ -1,0 +1,187 @@
+//! A control plane on 127.0.0.1:0 in this process, over real HTTPS, and helpers.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use ferry_control::{ControlConfig, ControlPlane};
+use ferry_proto::api::*;
+use ferry_proto::token::TokenKind;
+use ferry_transport::{ControlClient, ControlError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub struct Plane {
+    pub client: ControlClient,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub ca_pem: String,
+    pub url: String,
+    pub state: std::sync::Arc<ferry_control::State>,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Plane {
+    /// A fresh control plane on SQLite in a scratch directory.
+    pub async fn start(name: &str) -> Plane {
+        let dir = ferry_control::testing::scratch_dir(name);
+        Self::start_with(dir, None).await
+    }
+
+    /// A control plane on `data_dir` and, if given, a PostgreSQL URL.
+    pub async fn start_with(data_dir: PathBuf, database_url: Option<String>) -> Plane {
+        let plane = ControlPlane::bind(&ControlConfig {
+            data_dir: data_dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            names: vec!["127.0.0.1".into()],
+            database_url,
+        })
+        .await
+        .expect("control plane starts");
+        let url = format!("https://127.0.0.1:{}", plane.local_addr().port());
+        let ca_pem = plane.state().ca().cert_pem().to_string();
+        let admin = plane
+            .mint(TokenKind::Admin, "admin", "test admin", 3600)
+            .await
+            .expect("admin token");
+        let state = plane.state().clone();
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(plane.serve(cancel.clone()));
+        Plane {
+            client: ControlClient::new(&url, &ca_pem).unwrap(),
+            admin,
+            data_dir,
+            ca_pem,
+            url,
+            state,
+            cancel,
+            tasks,
+        }
+    }
+
+    pub fn admin(&self) -> Option<&str> {
+        Some(&self.admin)
+    }
+
+    /// Stops the server and removes its data directory.
+    pub async fn stop(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+
+    /// Creates a user with a password and logs in; returns the session token.
+    pub async fn user(&self, name: &str) -> String {
+        let _: UserInfo = self
+            .client
+            .post(
+                "/api/v1/users",
+                self.admin(),
+                &CreateUserRequest {
+                    name: name.into(),
+                    password: Some(format!("{name}-password")),
+                },
+            )
+            .await
+            .expect("create user");
+        let login: NewTokenResponse = self
+            .client
+            .post(
+                "/api/v1/login",
+                None,
+                &LoginRequest {
+                    user: name.into(),
+                    password: format!("{name}-password"),
+                },
+            )
+            .await
+            .expect("login");
+        login.token
+    }
+
+    pub async fn workspace(&self, token: &str, name: &str) -> WorkspaceInfo {
+        self.client
+            .post(
+                "/api/v1/workspaces",
+                Some(token),
+                &CreateWorkspaceRequest {
+                    name: name.into(),
+                    owner: None,
+                },
+            )
+            .await
+            .expect("create workspace")
+    }
+
+    pub async fn mint(&self, kind: TokenKind, subject: &str) -> String {
+        let r: MintTokenResponse = self
+            .client
+            .post(
+                "/api/v1/tokens",
+                self.admin(),
+                &MintTokenRequest {
+                    kind,
+                    subject: subject.into(),
+                    ttl_secs: None,
+                },
+            )
+            .await
+            .expect("mint");
+        r.token
+    }
+}
+
+/// The error code of a failed call, panicking on success.
+pub fn code<T: std::fmt::Debug>(r: Result<T, ControlError>) -> (u16, String) {
+    match r {
+        Err(ControlError::Api { status, code, .. }) => (status, code),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Sends raw bytes as a request body (for malformed input), returning (status, body).
+pub async fn raw_post(
+    url: &str,
+    ca_pem: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::TokioIo;
+    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    let tls = ferry_certs::client_config(ca_pem, &[b"http/1.1"]).unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let task = tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method("POST")
+        .uri(path)
+        .header("host", "127.0.0.1")
+        .header("content-type", content_type);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    task.abort();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
