@@ -31,7 +31,7 @@ impl PortPolicy {
     }
 }
 
-async fn refuse(mut send: SendStream, frame: ErrorFrame) {
+pub(crate) async fn refuse(mut send: SendStream, frame: ErrorFrame) {
     tracing::debug!(code = %frame.code, reason = %frame.message, "stream refused");
     let _ = write_frame(&mut send, &Reply::Error(frame)).await;
     let _ = send.finish();

@@ -94,22 +94,18 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
 
     let mut relays = Vec::new();
     for (region, name, token) in relay_tokens {
-        let relay = Relay::start(
-            RelayConfig {
-                name: name.clone(),
-                region: region.clone(),
-                listen: "127.0.0.1:0".parse().expect("literal address"),
-                advertise: None,
-                names: vec!["127.0.0.1".into(), "localhost".into()],
-                control_url: control_url.clone(),
-                ca_pem: ca_pem.clone(),
-                token,
-                limits: Default::default(),
-            },
-            cancel.clone(),
-        )
-        .await
-        .with_context(|| format!("starting relay {name}"))?;
+        let mut config = RelayConfig::new(
+            name.clone(),
+            region.clone(),
+            control_url.clone(),
+            ca_pem.clone(),
+            token,
+        );
+        // Ctrl-C on a dev network should not wait long for streams.
+        config.drain_grace = Duration::from_secs(2);
+        let relay = Relay::start(config, cancel.clone())
+            .await
+            .with_context(|| format!("starting relay {name}"))?;
         relays.push(serde_json::json!({ "name": name, "region": region, "addr": relay.local_addr().to_string() }));
         tasks.spawn(relay.run());
     }
@@ -137,7 +133,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     .await;
     let agent_relay = match connected {
         Ok(Ok(s)) => match &*s {
-            AgentStatus::Connected { relay } => relay.clone(),
+            AgentStatus::Connected { relay, .. } => relay.clone(),
             _ => String::new(),
         },
         _ => {

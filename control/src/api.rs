@@ -96,7 +96,8 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/regions", get(regions))
         .route("/api/v1/relays/register", post(register_relay))
         .route("/api/v1/tokens", post(mint_token))
-        .route("/api/v1/directory", post(directory_update))
+        .route("/api/v1/directory", post(directory_update).get(directory))
+        .route("/api/v1/relays/heartbeat", post(relay_heartbeat))
         .route("/api/v1/workspaces/{label}/route", get(route))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API endpoint")
@@ -216,7 +217,39 @@ async fn directory_update(
     let Json(update) = body?;
     WorkspaceLabel::parse(&update.workspace)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
-    state.update_directory(&claims.sub, &update.workspace, update.connected);
+    state.update_directory(
+        &claims.sub,
+        &update.workspace,
+        update.connected,
+        update.standby,
+    );
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn directory(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+) -> ApiResult<DirectoryResponse> {
+    authorize(&state, &headers, &[TokenKind::Relay, TokenKind::Admin])?;
+    Ok(Json(DirectoryResponse {
+        workspaces: state.directory(),
+    }))
+}
+
+async fn relay_heartbeat(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    body: Result<Json<RelayHeartbeat>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let claims = authorize(&state, &headers, &[TokenKind::Relay])?;
+    let Json(beat) = body?;
+    if !state.heartbeat(&claims.sub, beat.draining) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_relay",
+            format!("relay `{}` is not registered; register again", claims.sub),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -33,12 +33,19 @@ const MAX_TTL_SECS: u64 = 400 * 24 * 3600;
 pub struct RelayRecord {
     pub info: RelayInfo,
     pub last_seen: Instant,
+    /// The relay said it is draining: it stays known but leaves the region map.
+    pub draining: bool,
 }
 
-/// Where an agent is connected.
-#[derive(Debug, Clone)]
+/// A relay that has not been heard from (heartbeat or directory update) for this long
+/// leaves the region map; relays beat every few seconds.
+pub const RELAY_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Where an agent is connected: one entry per relay holding a connection from it.
+#[derive(Debug, Clone, Default)]
 pub struct DirectoryEntry {
-    pub relay: String,
+    /// (relay, standby), in the order they reported.
+    pub relays: Vec<(String, bool)>,
 }
 
 /// Everything the control plane knows.
@@ -127,14 +134,33 @@ impl State {
             RelayRecord {
                 info,
                 last_seen: Instant::now(),
+                draining: false,
             },
         );
         Ok(cert)
     }
 
-    /// All relays, grouped by region, both sorted by name.
+    /// A relay's heartbeat; false if the relay is unknown (it must register again).
+    pub fn heartbeat(&self, relay: &str, draining: bool) -> bool {
+        match self.relays.get_mut(relay) {
+            Some(mut r) => {
+                r.last_seen = Instant::now();
+                r.draining = draining;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The relays in service (not draining, heard from recently), grouped by region,
+    /// both sorted by name.
     pub fn regions(&self) -> Vec<ferry_proto::api::Region> {
-        let mut relays: Vec<RelayInfo> = self.relays.iter().map(|r| r.info.clone()).collect();
+        let mut relays: Vec<RelayInfo> = self
+            .relays
+            .iter()
+            .filter(|r| !r.draining && r.last_seen.elapsed() < RELAY_STALE_AFTER)
+            .map(|r| r.info.clone())
+            .collect();
         relays.sort_by(|a, b| (&a.region, &a.name).cmp(&(&b.region, &b.name)));
         let mut regions: Vec<ferry_proto::api::Region> = Vec::new();
         for relay in relays {
@@ -154,28 +180,52 @@ impl State {
     }
 
     /// A relay reports an agent connecting or leaving.
-    pub fn update_directory(&self, relay: &str, workspace: &str, connected: bool) {
+    pub fn update_directory(&self, relay: &str, workspace: &str, connected: bool, standby: bool) {
         if let Some(mut r) = self.relays.get_mut(relay) {
             r.last_seen = Instant::now();
         }
         if connected {
-            self.directory.insert(
-                workspace.to_string(),
-                DirectoryEntry {
-                    relay: relay.to_string(),
-                },
-            );
+            let mut entry = self.directory.entry(workspace.to_string()).or_default();
+            entry.relays.retain(|(r, _)| r != relay);
+            entry.relays.push((relay.to_string(), standby));
         } else {
-            // Only the relay that holds the entry may clear it: a late "left" from the
-            // old relay must not erase the agent's new home.
-            self.directory.remove_if(workspace, |_, e| e.relay == relay);
+            // Each relay clears only its own connection: a late "left" from the old
+            // relay must not erase the agent's new home.
+            if let Some(mut entry) = self.directory.get_mut(workspace) {
+                entry.relays.retain(|(r, _)| r != relay);
+            }
+            self.directory
+                .remove_if(workspace, |_, e| e.relays.is_empty());
         }
     }
 
-    /// Where a workspace's agent is connected, if anywhere.
+    /// Where a workspace's agent is connected, if anywhere: its owner (primary) relay
+    /// when it has one, else any.
     pub fn route(&self, workspace: &str) -> Option<RelayInfo> {
         let entry = self.directory.get(workspace)?;
-        self.relay(&entry.relay)
+        let mut relays: Vec<&(String, bool)> = entry.relays.iter().collect();
+        relays.sort_by_key(|(_, standby)| *standby);
+        relays.iter().find_map(|(r, _)| self.relay(r))
+    }
+
+    /// Every connected workspace with its home region (the region of the relays its
+    /// agent is connected to) and those relays, primary first.
+    pub fn directory(&self) -> Vec<ferry_proto::api::DirectoryRecord> {
+        self.directory
+            .iter()
+            .filter_map(|e| {
+                let mut relays = e.relays.clone();
+                relays.sort_by_key(|(_, standby)| *standby);
+                let region = relays
+                    .iter()
+                    .find_map(|(r, _)| self.relays.get(r).map(|r| r.info.region.clone()))?;
+                Some(ferry_proto::api::DirectoryRecord {
+                    workspace: e.key().clone(),
+                    region,
+                    relays: relays.into_iter().map(|(r, _)| r).collect(),
+                })
+            })
+            .collect()
     }
 }
 

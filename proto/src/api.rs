@@ -89,6 +89,33 @@ pub struct MintTokenResponse {
 pub struct DirectoryUpdate {
     pub workspace: String,
     pub connected: bool,
+    /// The agent holds this connection as its standby (the ring owner is elsewhere).
+    #[serde(default)]
+    pub standby: bool,
+}
+
+/// One workspace in the directory: its home region and the relays holding its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRecord {
+    pub workspace: String,
+    pub region: String,
+    /// Relays with a connection from the agent; the owner (primary) first.
+    pub relays: Vec<String>,
+}
+
+/// `GET /api/v1/directory` (relay or admin token): every connected workspace, so that
+/// relays can route (and keep routing from cache while the control plane is down).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryResponse {
+    pub workspaces: Vec<DirectoryRecord>,
+}
+
+/// `POST /api/v1/relays/heartbeat` (relay token): the relay is alive; a draining
+/// relay leaves the region map at once, a silent one after a few missed beats.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayHeartbeat {
+    pub draining: bool,
 }
 
 /// `GET /api/v1/workspaces/{label}/route` (user token): where the workspace's agent is.

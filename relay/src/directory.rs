@@ -24,10 +24,11 @@ pub struct DirectoryReporter {
 }
 
 impl DirectoryReporter {
-    pub fn report(&self, workspace: &str, connected: bool) {
+    pub fn report(&self, workspace: &str, connected: bool, standby: bool) {
         let update = DirectoryUpdate {
             workspace: workspace.to_string(),
             connected,
+            standby,
         };
         if self.tx.try_send(update).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);

@@ -7,9 +7,14 @@
 //! Every connection and stream is a task in a `JoinSet` owned by its parent, so
 //! nothing outlives the relay.
 
+mod admin;
 mod agents;
 mod clients;
 mod directory;
+mod drain;
+mod mesh;
+mod routing;
 mod server;
+mod view;
 
 pub use server::{Relay, RelayConfig, RelayError};
