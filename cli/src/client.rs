@@ -188,9 +188,9 @@ impl WorkspaceConnection {
                 let mut current = self.current.lock().await;
                 // Another stream may have moved on already.
                 if current.index == index {
-                    if let Some(s) = current.session.take() {
-                        s.conn.close(0u32.into(), b"moving to another relay");
-                    }
+                    // Dropped, not closed: streams still open on it (a draining relay
+                    // lets them finish) keep the connection alive until they end.
+                    current.session = None;
                     current.index = (index + 1) % self.candidates.len();
                 }
             }

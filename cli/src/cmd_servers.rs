@@ -208,12 +208,16 @@ pub struct AgentArgs {
     /// The workspace's SSH server
     #[arg(long, default_value = "127.0.0.1:22")]
     pub ssh_target: SocketAddr,
+    /// Milliseconds between fetches of the region map
+    #[arg(long, default_value_t = 3000, hide = true)]
+    pub refresh_ms: u64,
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     let mut config = AgentConfig::new(args.control_url, read_ca(&args.ca_file)?, args.token);
     config.region = args.region;
     config.ssh_target = args.ssh_target;
+    config.map_refresh = Duration::from_millis(args.refresh_ms.max(50));
     if !args.allow_ports.is_empty() {
         config.ports = PortPolicy::Only(args.allow_ports);
     }
