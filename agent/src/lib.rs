@@ -108,12 +108,13 @@ pub struct Agent {
     status: watch::Sender<AgentStatus>,
 }
 
-/// A relay the agent was told to leave, avoided until it has left the region map and
-/// come back (restarted), or for [`AVOID_AT_MOST`] (the control plane may be down and
-/// never show it leaving).
+/// A relay the agent was told to leave, avoided until the region map shows it
+/// restarted (another incarnation), or for [`AVOID_AT_MOST`] (the control plane may be
+/// down and keep showing the old one).
 struct Avoid {
     since: Instant,
-    seen_absent: bool,
+    /// The incarnation that sent the go-away, once known from the map.
+    incarnation: Option<u64>,
 }
 
 const AVOID_AT_MOST: Duration = Duration::from_secs(60);
@@ -164,6 +165,7 @@ impl Agent {
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut links: HashMap<String, LinkState> = HashMap::new();
         let mut avoid: HashMap<String, Avoid> = HashMap::new();
+        let mut going_away: Vec<(String, Option<u64>)> = Vec::new();
         let mut map: Option<RegionMap> = None;
         let mut map_error = String::new();
         let mut map_failures = 0u32;
@@ -182,9 +184,11 @@ impl Agent {
                         map_error = reason;
                     }
                     LinkEvent::GoAway { relay, after } => {
-                        avoid.insert(relay, Avoid { since: Instant::now(), seen_absent: false });
-                        // The relay spreads its agents' moves with a jittered hint.
-                        next_fetch = tokio::time::Instant::now() + after;
+                        // The relay spreads its agents' moves with a jittered hint: move
+                        // (and look at the map again) only once it has passed.
+                        let incarnation = links.get(&relay).map(|l| l.relay.incarnation);
+                        going_away.push((relay, incarnation));
+                        next_fetch = next_fetch.min(tokio::time::Instant::now() + after);
                     }
                     LinkEvent::Fatal(e) => break Err(e),
                 },
@@ -196,14 +200,18 @@ impl Agent {
                     }
                 }
                 _ = tokio::time::sleep_until(next_fetch) => {
+                    for (relay, incarnation) in going_away.drain(..) {
+                        avoid.insert(relay, Avoid { since: Instant::now(), incarnation });
+                    }
                     match self.fetch_map(&control).await {
                         Ok(fresh) => {
                             map_failures = 0;
-                            for (name, a) in avoid.iter_mut() {
-                                if fresh.relay(name).is_none() { a.seen_absent = true; }
-                            }
                             avoid.retain(|name, a| {
-                                a.since.elapsed() < AVOID_AT_MOST && !(a.seen_absent && fresh.relay(name).is_some())
+                                let restarted = match (fresh.relay(name), a.incarnation) {
+                                    (Some(now), Some(then)) => now.incarnation != then,
+                                    _ => false,
+                                };
+                                a.since.elapsed() < AVOID_AT_MOST && !restarted
                             });
                             map = Some(fresh);
                             next_fetch = tokio::time::Instant::now() + self.config.map_refresh;

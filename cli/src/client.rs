@@ -127,7 +127,8 @@ impl WorkspaceConnection {
         let candidates = order_relays(&regions, settings.relay.as_deref());
         if let Some(want) = &settings.relay {
             if candidates.first().map(|r| &r.name) != Some(want) {
-                bail!("relay `{want}` is not in the region map");
+                // It may be draining or gone; any relay reaches the workspace.
+                tracing::warn!(relay = %want, "relay is not in the region map; using another");
             }
         }
         let Some(first) = candidates.first() else {

@@ -164,6 +164,11 @@ async fn register_relay(
         region: req.region,
         quic_addr: req.quic_addr,
         server_name: req.names[0].clone(),
+        // Registration time in nanoseconds: distinct for every start of a relay.
+        incarnation: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
     };
     let cert = state
         .register_relay(info, &req.names)

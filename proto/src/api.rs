@@ -33,6 +33,10 @@ pub struct RelayInfo {
     pub quic_addr: String,
     /// The name its certificate is valid for (TLS server name).
     pub server_name: String,
+    /// Changes every time the relay registers: tells a restarted relay from the
+    /// process that was there before (agents avoid a draining relay until it is back).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -65,6 +65,7 @@ fn region_map_places_in_the_named_region_only() {
         region: region.into(),
         quic_addr: "127.0.0.1:1".into(),
         server_name: "127.0.0.1".into(),
+        incarnation: 1,
     };
     let map = RegionMap::new(&[
         Region {

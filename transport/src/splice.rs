@@ -53,7 +53,14 @@ pub async fn quic_to_writer(mut from: RecvStream, mut to: impl AsyncWrite + Unpi
         match from.read_chunk(CHUNK, true).await {
             Ok(Some(chunk)) => {
                 total += chunk.bytes.len() as u64;
-                if to.write_all(&chunk.bytes).await.is_err() {
+                // Flush every chunk: standard output is line-buffered underneath, and
+                // an interactive peer (SSH's ProxyCommand) waits for bytes that carry
+                // no newline.
+                let written = async {
+                    to.write_all(&chunk.bytes).await?;
+                    to.flush().await
+                };
+                if written.await.is_err() {
                     let _ = from.stop(ABORTED);
                     return total;
                 }

@@ -439,9 +439,20 @@ impl Network {
         workspace: &str,
         port: u16,
     ) -> Result<(Child, SocketAddr)> {
+        self.port_forward_env(token, workspace, port, &[]).await
+    }
+
+    pub async fn port_forward_env(
+        &self,
+        token: &str,
+        workspace: &str,
+        port: u16,
+        envs: &[(&str, &str)],
+    ) -> Result<(Child, SocketAddr)> {
         let mut cmd = Command::new(FERRY);
         cmd.args(["port-forward", workspace, &format!("0:{port}")])
             .envs(self.client_env(token))
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
