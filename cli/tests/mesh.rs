@@ -144,3 +144,97 @@ async fn a_killed_owner_fails_over_to_the_standby_within_seconds() -> anyhow::Re
     assert!(ok && out == payload, "via the dead relay first: {err}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
+    let mut net = Network::start("mesh-churn").await?;
+    net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    net.start_relay("eu-2", "eu", "127.0.0.1:0").await?;
+    let workspaces: Vec<String> = (0..4).map(|i| format!("w{i}--dev")).collect();
+    for w in &workspaces {
+        net.start_agent(w, &["--region", "eu"]).await?;
+    }
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let echo = echo_server().await;
+    let settle = |relays: &'static [&'static str]| {
+        let ring = ferry_ring::Ring::new(relays.iter().copied());
+        workspaces
+            .iter()
+            .map(|w| {
+                let order = ring.successors(w);
+                (w.clone(), vec![order[0].to_string(), order[1].to_string()])
+            })
+            .collect::<Vec<_>>()
+    };
+    for (w, relays) in settle(&["eu-1", "eu-2"]) {
+        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
+            .await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+
+    // A relay joins: agents whose placement now includes it move there.
+    net.start_relay("eu-3", "eu", "127.0.0.1:0").await?;
+    let three = settle(&["eu-1", "eu-2", "eu-3"]);
+    let moved = three
+        .iter()
+        .filter(|(_, r)| r.contains(&"eu-3".to_string()))
+        .count();
+    println!(
+        "eu-3 joined: {moved} of {} workspaces placed on it",
+        three.len()
+    );
+    for (w, relays) in &three {
+        net.wait_for_placement(w, &[&relays[0], &relays[1]]).await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+
+    // It leaves (drained): they move back.
+    let leaving = net.take_relay("eu-3");
+    sigterm(&leaving.child);
+    let mut child = leaving.child;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(exit.success());
+    for (w, relays) in settle(&["eu-1", "eu-2"]) {
+        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
+            .await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_link_without_a_client_certificate_is_refused() -> anyhow::Result<()> {
+    let mut net = Network::start("mesh-mtls").await?;
+    let addr = net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    // A relay token, but no client certificate: the token alone must not open the mesh.
+    let token = net.mint(TokenKind::Relay, "intruder", None).await?;
+    let ca = std::fs::read_to_string(&net.ca_file)?;
+    let tls = ferry_certs::client_config(&ca, &[ferry_proto::alpn::MESH])?;
+    let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Default::default())?;
+    let result = ferry_transport::dial::connect(&endpoint, addr, "127.0.0.1", &token).await;
+    assert!(
+        result.is_err(),
+        "a mesh link without a certificate was accepted"
+    );
+    let log = log_of(&net, "eu-1");
+    assert!(
+        log.contains("mesh link without a client certificate refused"),
+        "relay did not say why"
+    );
+    Ok(())
+}
+
+/// Every workspace answers, byte for byte.
+async fn check_all(
+    net: &Network,
+    user: &str,
+    workspaces: &[String],
+    echo: u16,
+) -> anyhow::Result<()> {
+    for w in workspaces {
+        let payload = random_bytes(8 * 1024);
+        let (ok, out, err) = net.ferry_tcp(user, w, &echo.to_string(), &payload).await?;
+        anyhow::ensure!(ok && out == payload, "{w}: {err}");
+    }
+    Ok(())
+}
