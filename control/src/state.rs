@@ -215,6 +215,12 @@ impl State {
             .iter()
             .filter_map(|e| {
                 let mut relays = e.relays.clone();
+                // A relay that went silent (killed) no longer holds anyone.
+                relays.retain(|(r, _)| {
+                    self.relays
+                        .get(r)
+                        .is_some_and(|r| r.last_seen.elapsed() < RELAY_STALE_AFTER)
+                });
                 relays.sort_by_key(|(_, standby)| *standby);
                 let region = relays
                     .iter()

@@ -124,6 +124,8 @@ pub struct Relay {
     drain: CancellationToken,
     /// Ours: stops every task at once, after the drain.
     stop: CancellationToken,
+    /// Stops the directory reporter, once it has sent what the last agents left.
+    reporter_stop: CancellationToken,
     drain_grace: Duration,
     admin_addr: Option<SocketAddr>,
 }
@@ -186,8 +188,10 @@ impl Relay {
 
         let stop = CancellationToken::new();
         let mut background = JoinSet::new();
+        // The reporter outlives the other tasks by a flush (see `run`): its own token.
+        let reporter_stop = CancellationToken::new();
         let (reporter, report_task) =
-            directory::reporter(control.clone(), config.token.clone(), stop.clone());
+            directory::reporter(control.clone(), config.token.clone(), reporter_stop.clone());
         background.spawn(report_task);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
@@ -231,6 +235,7 @@ impl Relay {
             background,
             drain,
             stop,
+            reporter_stop,
             drain_grace: config.drain_grace,
             admin_addr,
         })
@@ -287,6 +292,9 @@ impl Relay {
         self.endpoint
             .close(ErrorCode::Draining.to_u16().into(), b"relay shutting down");
         connections.shutdown().await;
+        // Every agent task has ended and queued its "left"; send them before exiting.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.directory.flush()).await;
+        self.reporter_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.background.shutdown().await;
         tracing::info!(relay = %self.shared.name, "relay stopped");
@@ -326,10 +334,7 @@ async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration
         return;
     }
     let deadline = (started + grace).min(tokio::time::Instant::now() + AGENT_MOVE_WAIT);
-    while shared.agents.len() > 0 && tokio::time::Instant::now() < deadline {
-        // The agent table has no change notification; this runs once per drain.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let _ = tokio::time::timeout_at(deadline, shared.agents.empty()).await;
     tracing::info!(agents_left = shared.agents.len(), "drained");
 }
 
