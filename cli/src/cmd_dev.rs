@@ -128,11 +128,21 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     });
     let connected = tokio::time::timeout(
         Duration::from_secs(15),
-        status.wait_for(|s| matches!(s, AgentStatus::Connected { .. })),
+        // With several relays per region, wait for the standby link too.
+        status.wait_for(|s| match s {
+            AgentStatus::Connected { standby, .. } => {
+                standby.is_some() || args.relays_per_region < 2
+            }
+            _ => false,
+        }),
     )
     .await;
     let agent_relay = match connected {
         Ok(Ok(s)) => match &*s {
+            AgentStatus::Connected {
+                relay,
+                standby: Some(standby),
+            } => format!("{relay}, standby {standby}"),
             AgentStatus::Connected { relay, .. } => relay.clone(),
             _ => String::new(),
         },
