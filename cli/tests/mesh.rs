@@ -238,3 +238,21 @@ async fn check_all(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_keeps_routing_while_the_control_plane_is_down() -> anyhow::Result<()> {
+    let (mut net, user) = mesh_network("mesh-control-down").await?;
+    let echo = echo_server().await;
+    let (_, _, other) = eu_placement(WORKSPACE);
+    let payload = random_bytes(32 * 1024);
+    // Warms the CLI's region map cache and the relays' directory caches.
+    echo_through(&net, &other, &user, echo, &payload).await?;
+    echo_through(&net, "us-1", &user, echo, &payload).await?;
+
+    net.control.kill().await?;
+    net.control.wait().await?;
+    for relay in [other.as_str(), "us-1", "us-2"] {
+        echo_through(&net, relay, &user, echo, &payload).await?;
+    }
+    Ok(())
+}
