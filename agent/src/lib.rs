@@ -1,26 +1,36 @@
-//! The workspace agent: dials out to a relay (no inbound port in the workspace),
-//! authenticates with its agent token, and serves each stream the relay opens by
+//! The workspace agent: dials out to relays (no inbound port in the workspace),
+//! authenticates with its agent token, and serves each stream a relay opens by
 //! connecting to a loopback port (or the SSH service) inside the workspace.
 //!
-//! [`Agent::run`] loops until its cancellation token fires: find a relay, connect,
-//! serve streams until the connection ends, wait a jittered exponential backoff, and
-//! again. Stream tasks live in a `JoinSet` owned by the connection they came on.
+//! Placement: the agent fetches the region map and connects to the ring owner of its
+//! workspace label in its home region (`--region`, else the first region) and to the
+//! standby, the next relay on the ring (see `ferry-ring`). [`Agent::run`] keeps one
+//! link task per relay ([`link`]) in a `JoinSet`, refreshes the map every
+//! `map_refresh` (keeping the cached one while the control plane is down), and
+//! reconciles: links to new placements start first, links to relays no longer wanted
+//! are retired only once every wanted link is up (make-before-break). A relay's
+//! go-away makes the agent avoid that relay until it has left the map and come back.
 
 mod backoff;
+mod link;
 mod pty;
 mod serve;
 mod terminal;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ferry_proto::api::{RegionsResponse, RelayInfo};
-use ferry_proto::{alpn, ErrorCode, WorkspaceLabel};
-use ferry_transport::dial::{self, DialError};
+use ferry_proto::{alpn, WorkspaceLabel};
+use ferry_ring::RegionMap;
 use ferry_transport::{ControlClient, Limits};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::link::{LinkContext, LinkEvent};
 
 pub use backoff::Backoff;
 pub use serve::PortPolicy;
@@ -44,6 +54,8 @@ pub struct AgentConfig {
     pub terminal: TerminalPolicy,
     pub limits: Limits,
     pub backoff: Backoff,
+    /// How often the region map is fetched again (new relays, drained ones).
+    pub map_refresh: Duration,
 }
 
 impl AgentConfig {
@@ -58,6 +70,7 @@ impl AgentConfig {
             terminal: TerminalPolicy::default(),
             limits: Limits::agent(),
             backoff: Backoff::default(),
+            map_refresh: Duration::from_secs(3),
         }
     }
 }
@@ -82,8 +95,16 @@ pub enum AgentError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentStatus {
     Connecting,
-    Connected { relay: String },
-    Backoff { attempt: u32, error: String },
+    /// Serving through `relay` (the owner when its link is up), with the standby's
+    /// link up too when `standby` is set.
+    Connected {
+        relay: String,
+        standby: Option<String>,
+    },
+    Backoff {
+        attempt: u32,
+        error: String,
+    },
 }
 
 /// A workspace agent.
@@ -91,6 +112,24 @@ pub struct Agent {
     config: AgentConfig,
     workspace: WorkspaceLabel,
     status: watch::Sender<AgentStatus>,
+}
+
+/// A relay the agent was told to leave, avoided until the region map shows it
+/// restarted (another incarnation), or for [`AVOID_AT_MOST`] (the control plane may be
+/// down and keep showing the old one).
+struct Avoid {
+    since: Instant,
+    /// The incarnation that sent the go-away, once known from the map.
+    incarnation: Option<u64>,
+}
+
+const AVOID_AT_MOST: Duration = Duration::from_secs(60);
+
+/// One running link.
+struct LinkState {
+    relay: RelayInfo,
+    retire: CancellationToken,
+    up: bool,
 }
 
 impl Agent {
@@ -119,133 +158,216 @@ impl Agent {
     /// Runs until cancelled, or until the token is refused for good.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), AgentError> {
         let control = ControlClient::new(&self.config.control_url, &self.config.ca_pem)?;
-        let mut endpoints: Option<(bool, quinn::Endpoint)> = None;
-        let mut relay_cache: Option<RelayInfo> = None;
-        let mut attempt = 0u32;
+        let tls = ferry_certs::client_config(&self.config.ca_pem, &[alpn::AGENT])?;
+        let ctx = Arc::new(LinkContext {
+            workspace: self.workspace.clone(),
+            token: self.config.token.clone(),
+            ports: self.config.ports.clone(),
+            ssh_target: self.config.ssh_target,
+            terminal: self.config.terminal.clone(),
+            backoff: self.config.backoff,
+        });
+        let mut endpoints: HashMap<bool, quinn::Endpoint> = HashMap::new();
+        let (events_tx, mut events) = mpsc::channel::<LinkEvent>(64);
+        let mut tasks: JoinSet<String> = JoinSet::new();
+        let mut links: HashMap<String, LinkState> = HashMap::new();
+        let mut avoid: HashMap<String, Avoid> = HashMap::new();
+        let mut going_away: Vec<(String, Option<u64>)> = Vec::new();
+        let mut map: Option<RegionMap> = None;
+        let mut map_error = String::new();
+        let mut map_failures = 0u32;
+        // When to fetch the map next (now, at start).
+        let mut next_fetch = tokio::time::Instant::now();
         let result = loop {
-            let outcome = self
-                .connect_and_serve(
-                    &control,
-                    &mut endpoints,
-                    &mut relay_cache,
-                    &cancel,
-                    &mut attempt,
-                )
-                .await;
-            if cancel.is_cancelled() {
-                break Ok(());
-            }
-            let error = match outcome {
-                Err(fatal) => break Err(fatal),
-                Ok(reason) => reason,
-            };
-            attempt = attempt.saturating_add(1);
-            let delay = self.config.backoff.delay(attempt);
-            tracing::info!(workspace = %self.workspace, attempt, ?delay, reason = %error, "reconnecting after backoff");
-            self.status
-                .send_replace(AgentStatus::Backoff { attempt, error });
             tokio::select! {
+                biased;
                 _ = cancel.cancelled() => break Ok(()),
-                _ = tokio::time::sleep(delay) => {}
+                Some(event) = events.recv() => match event {
+                    LinkEvent::Up { relay } => {
+                        if let Some(l) = links.get_mut(&relay) { l.up = true; }
+                    }
+                    LinkEvent::Down { relay, reason } => {
+                        if let Some(l) = links.get_mut(&relay) { l.up = false; }
+                        map_error = reason;
+                    }
+                    LinkEvent::GoAway { relay, after } => {
+                        // The relay spreads its agents' moves with a jittered hint: move
+                        // (and look at the map again) only once it has passed.
+                        let incarnation = links.get(&relay).map(|l| l.relay.incarnation);
+                        going_away.push((relay, incarnation));
+                        next_fetch = next_fetch.min(tokio::time::Instant::now() + after);
+                    }
+                    LinkEvent::Fatal(e) => break Err(e),
+                },
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    if let Ok(name) = done {
+                        if links.get(&name).is_some_and(|l| l.retire.is_cancelled()) {
+                            links.remove(&name);
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_fetch) => {
+                    for (relay, incarnation) in going_away.drain(..) {
+                        avoid.insert(relay, Avoid { since: Instant::now(), incarnation });
+                    }
+                    match self.fetch_map(&control).await {
+                        Ok(fresh) => {
+                            map_failures = 0;
+                            avoid.retain(|name, a| {
+                                let restarted = match (fresh.relay(name), a.incarnation) {
+                                    (Some(now), Some(then)) => now.incarnation != then,
+                                    _ => false,
+                                };
+                                a.since.elapsed() < AVOID_AT_MOST && !restarted
+                            });
+                            map = Some(fresh);
+                            next_fetch = tokio::time::Instant::now() + self.config.map_refresh;
+                        }
+                        Err(e) => {
+                            // Keep the cached map (the control plane may be down).
+                            tracing::debug!(error = %e, "region map fetch failed");
+                            map_failures = map_failures.saturating_add(1);
+                            map_error = e;
+                            let delay = if map.is_some() { self.config.map_refresh } else { self.config.backoff.delay(map_failures) };
+                            next_fetch = tokio::time::Instant::now() + delay;
+                        }
+                    }
+                }
+            }
+            if let Some(map) = &map {
+                let wanted = self.wanted(map, &avoid);
+                for relay in &wanted {
+                    let stale = links.get(&relay.name).is_some_and(|l| {
+                        l.relay.quic_addr != relay.quic_addr && !l.retire.is_cancelled()
+                    });
+                    if stale {
+                        // Same name, new address: retire the old link; a new one starts below
+                        // once the old task has ended.
+                        if let Some(l) = links.get(&relay.name) {
+                            l.retire.cancel();
+                        }
+                        continue;
+                    }
+                    if links.contains_key(&relay.name) {
+                        continue;
+                    }
+                    let Ok(addr) = relay.quic_addr.parse::<SocketAddr>() else {
+                        continue;
+                    };
+                    let endpoint = match endpoints.get(&addr.is_ipv6()) {
+                        Some(ep) => ep.clone(),
+                        None => {
+                            let ep = ferry_transport::quic::client_endpoint(
+                                addr,
+                                tls.clone(),
+                                &self.config.limits,
+                            )?;
+                            endpoints.insert(addr.is_ipv6(), ep.clone());
+                            ep
+                        }
+                    };
+                    let retire = CancellationToken::new();
+                    tasks.spawn(link::run(
+                        ctx.clone(),
+                        endpoint,
+                        relay.clone(),
+                        retire.clone(),
+                        cancel.clone(),
+                        events_tx.clone(),
+                    ));
+                    links.insert(
+                        relay.name.clone(),
+                        LinkState {
+                            relay: relay.clone(),
+                            retire,
+                            up: false,
+                        },
+                    );
+                }
+                // Make-before-break: leave the old relays only once the new ones serve.
+                let all_up = !wanted.is_empty()
+                    && wanted.iter().all(|r| {
+                        links
+                            .get(&r.name)
+                            .is_some_and(|l| l.up && l.relay.quic_addr == r.quic_addr)
+                    });
+                if all_up {
+                    for (name, l) in &links {
+                        if !wanted.iter().any(|r| &r.name == name) && !l.retire.is_cancelled() {
+                            tracing::info!(workspace = %self.workspace, relay = %name, "retiring the link to a relay no longer in our placement");
+                            l.retire.cancel();
+                        }
+                    }
+                }
+                self.publish_status(&wanted, &links, &map_error);
+            } else {
+                self.status.send_replace(AgentStatus::Backoff {
+                    attempt: map_failures,
+                    error: map_error.clone(),
+                });
             }
         };
-        if let Some((_, endpoint)) = endpoints {
+        tasks.shutdown().await;
+        for endpoint in endpoints.values() {
             endpoint.close(0u32.into(), b"agent stopping");
             let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         }
         result
     }
 
-    /// One connection's life. `Ok(reason)` means "retry after backoff".
-    async fn connect_and_serve(
-        &self,
-        control: &ControlClient,
-        endpoint: &mut Option<(bool, quinn::Endpoint)>,
-        relay_cache: &mut Option<RelayInfo>,
-        cancel: &CancellationToken,
-        attempt: &mut u32,
-    ) -> Result<String, AgentError> {
-        self.status.send_replace(AgentStatus::Connecting);
-        let relay = match self.pick_relay(control).await {
-            Ok(relay) => {
-                *relay_cache = Some(relay.clone());
-                relay
+    /// The relays the agent should be connected to: owner and standby in its region,
+    /// leaving out relays that told it to go away (unless that leaves none).
+    fn wanted(&self, map: &RegionMap, avoid: &HashMap<String, Avoid>) -> Vec<RelayInfo> {
+        let avoided: Vec<String> = avoid.keys().cloned().collect();
+        let trimmed = map.without(&avoided);
+        let label = self.workspace.as_str();
+        for candidate in [&trimmed, map] {
+            let region = match &self.config.region {
+                Some(r) => Some(r.as_str()),
+                None => candidate.first_region(),
+            };
+            if let Some(p) = region.and_then(|r| candidate.placement(r, label)) {
+                return std::iter::once(p.owner).chain(p.standby).collect();
             }
-            Err(e) => match relay_cache.clone() {
-                // The control plane may be down: keep using the relay we knew.
-                Some(cached) => {
-                    tracing::debug!(error = %e, "region lookup failed; using the cached relay");
-                    cached
-                }
-                None => return Ok(e),
-            },
-        };
-        let addr: SocketAddr = match relay.quic_addr.parse() {
-            Ok(a) => a,
-            Err(_) => {
-                return Ok(format!(
-                    "relay {} has a bad address {}",
-                    relay.name, relay.quic_addr
-                ))
-            }
-        };
-        let ep = match endpoint {
-            Some((v6, ep)) if *v6 == addr.is_ipv6() => ep.clone(),
-            _ => {
-                let ep = ferry_transport::quic::client_endpoint(
-                    addr,
-                    ferry_certs::client_config(&self.config.ca_pem, &[alpn::AGENT])?,
-                    &self.config.limits,
-                )?;
-                *endpoint = Some((addr.is_ipv6(), ep.clone()));
-                ep
-            }
-        };
-        let session = tokio::select! {
-            _ = cancel.cancelled() => return Ok("cancelled".into()),
-            s = dial::connect(&ep, addr, &relay.server_name, &self.config.token) => s,
-        };
-        let session = match session {
-            Ok(s) => s,
-            Err(DialError::Refused { frame, .. })
-                if matches!(
-                    frame.code,
-                    ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::WrongTokenKind
-                ) =>
-            {
-                return Err(AgentError::Refused(frame));
-            }
-            Err(e) => return Ok(e.to_string()),
-        };
-        *attempt = 0;
-        tracing::info!(workspace = %self.workspace, relay = %relay.name, %addr, "connected to relay");
-        self.status.send_replace(AgentStatus::Connected {
-            relay: relay.name.clone(),
-        });
-        let conn = session.conn;
-        let mut streams = JoinSet::new();
-        let reason = loop {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => {
-                    conn.close(0u32.into(), b"agent stopping");
-                    break "cancelled".to_string();
-                }
-                Some(_) = streams.join_next(), if !streams.is_empty() => {}
-                accepted = conn.accept_bi() => match accepted {
-                    Ok((send, recv)) => {
-                        streams.spawn(serve::serve_stream(self.workspace.clone(), self.config.ports.clone(), self.config.ssh_target, self.config.terminal.clone(), send, recv));
-                    }
-                    Err(e) => break format!("connection to relay {} lost: {e}", relay.name),
-                }
-            }
-        };
-        // Streams on a dead connection cannot make progress; stop them.
-        streams.shutdown().await;
-        Ok(reason)
+        }
+        Vec::new()
     }
 
-    async fn pick_relay(&self, control: &ControlClient) -> Result<RelayInfo, String> {
+    fn publish_status(
+        &self,
+        wanted: &[RelayInfo],
+        links: &HashMap<String, LinkState>,
+        error: &str,
+    ) {
+        let up = |name: &str| links.get(name).is_some_and(|l| l.up);
+        let serving: Vec<&str> = wanted
+            .iter()
+            .map(|r| r.name.as_str())
+            .chain(links.iter().filter(|(_, l)| l.up).map(|(n, _)| n.as_str()))
+            .filter(|n| up(n))
+            .collect();
+        let status = match serving.first() {
+            Some(first) => AgentStatus::Connected {
+                relay: first.to_string(),
+                standby: serving.iter().find(|n| *n != first).map(|n| n.to_string()),
+            },
+            None if error.is_empty() => AgentStatus::Connecting,
+            None => AgentStatus::Backoff {
+                attempt: 0,
+                error: error.to_string(),
+            },
+        };
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
+
+    async fn fetch_map(&self, control: &ControlClient) -> Result<RegionMap, String> {
         let regions: RegionsResponse = control
             .get("/api/v1/regions", Some(&self.config.token))
             .await
@@ -253,18 +375,13 @@ impl Agent {
                 ferry_transport::ControlError::Api { .. } => format!("control plane refused: {e}"),
                 _ => e.to_string(),
             })?;
-        let region = match &self.config.region {
-            Some(want) => regions.regions.iter().find(|r| &r.name == want),
-            None => regions.regions.iter().find(|r| !r.relays.is_empty()),
-        };
-        let region = region.ok_or_else(|| match &self.config.region {
-            Some(want) => format!("region `{want}` has no relays"),
-            None => "no relays are registered yet".to_string(),
-        })?;
-        region
-            .relays
-            .first()
-            .cloned()
-            .ok_or_else(|| format!("region `{}` has no relays", region.name))
+        let map = RegionMap::new(&regions.regions);
+        match &self.config.region {
+            Some(want) if map.relays(want).next().is_none() => {
+                Err(format!("region `{want}` has no relays"))
+            }
+            None if map.first_region().is_none() => Err("no relays are registered yet".into()),
+            _ => Ok(map),
+        }
     }
 }

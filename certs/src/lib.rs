@@ -232,6 +232,53 @@ pub fn server_config(cert: &IssuedCert, alpn: &[&[u8]]) -> Result<rustls::Server
     Ok(config)
 }
 
+/// A relay's TLS 1.3 server configuration: like [`server_config`], but a client *may*
+/// present a certificate, which is then verified against `ca_pem`. rustls cannot tie
+/// client authentication to the ALPN, so it stays optional here and the relay requires
+/// a verified peer certificate on mesh connections itself (agents and clients have
+/// none; they authenticate with tokens).
+pub fn relay_server_config(
+    cert: &IssuedCert,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, CertError> {
+    let roots = roots(ca_pem)?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| CertError::Tls(rustls::Error::General(e.to_string())))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(parse_certs(&cert.cert_pem)?, parse_key(&cert.key_pem)?)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+/// A relay's TLS 1.3 client configuration for mesh links: trusts only `ca_pem` and
+/// presents the relay's own CA-issued certificate (mutual TLS).
+pub fn mesh_client_config(
+    cert: &IssuedCert,
+    ca_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, CertError> {
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(parse_certs(&cert.cert_pem)?, parse_key(&cert.key_pem)?)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(config)
+}
+
+fn roots(ca_pem: &str) -> Result<rustls::RootCertStore, CertError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in parse_certs(ca_pem)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
 /// A TLS 1.3 client configuration trusting only the given CA certificate(s).
 pub fn client_config(ca_pem: &str, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, CertError> {
     let mut roots = rustls::RootCertStore::empty();

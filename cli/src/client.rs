@@ -1,96 +1,256 @@
-//! The client side of reaching a workspace: find the relay its agent is on, connect
-//! with the user's token, open streams.
+//! The client side of reaching a workspace: connect to a relay near us (any relay can
+//! reach any workspace through the mesh), open streams, and retry a stream that a relay
+//! refused with a retryable code (draining, overloaded, agent just moved) or that failed
+//! because the relay went away, on the next relay.
+//!
+//! Relays are tried in this order: `--relay NAME` first, then the relays of the first
+//! region (starting at a random one, to spread clients), then the other regions. The
+//! region map comes from the control plane and is cached in a file beside the config,
+//! so that known relays stay reachable while the control plane is down.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ferry_proto::api::RouteResponse;
-use ferry_proto::{alpn, StreamHeader, Target, WorkspaceLabel};
-use ferry_transport::dial::{self, Session};
-use ferry_transport::{ControlClient, ControlError, Limits};
+use ferry_proto::api::{RegionsResponse, RelayInfo};
+use ferry_proto::{alpn, ErrorCode, StreamHeader, Target, WorkspaceLabel};
+use ferry_transport::dial::{self, Session, StreamError};
+use ferry_transport::{ControlClient, Limits};
 use quinn::{RecvStream, SendStream};
+use tokio::sync::Mutex;
 
 use crate::config::ClientSettings;
 
-/// A connection to the relay serving one workspace.
+/// A stream is retried on other relays for at most this long.
+const RETRY_FOR: Duration = Duration::from_secs(12);
+/// `agent_not_connected` is retried only this soon after the first attempt: long
+/// enough to cover an agent moving between relays, short enough that a workspace
+/// that really has no agent fails quickly.
+const AGENT_MOVE_WINDOW: Duration = Duration::from_millis(2500);
+/// A relay that does not finish the handshake in this long is skipped (the next one
+/// is tried); a live relay near us answers in milliseconds.
+const CLIENT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection through the relays to one workspace.
 pub struct WorkspaceConnection {
     pub workspace: WorkspaceLabel,
+    /// The relay of the first connection (for messages).
     pub relay: String,
+    candidates: Vec<RelayInfo>,
     endpoint: quinn::Endpoint,
-    session: Session,
+    token: String,
+    current: Mutex<Current>,
+    /// Asked, when a relay finds no agent, whether the workspace exists at all.
+    control: Option<ControlClient>,
+}
+
+struct Current {
+    /// Index into `candidates` of the relay we are connected to.
+    index: usize,
+    session: Option<Session>,
+}
+
+/// Keeps the relays that take new streams (healthy, not draining); all of them if the
+/// control plane considers none healthy, since any relay that answers can still help.
+fn in_service(regions: Vec<ferry_proto::api::Region>) -> Vec<ferry_proto::api::Region> {
+    let ok = |r: &RelayInfo| matches!(r.health, None | Some(ferry_proto::api::RelayHealth::Ok));
+    if !regions.iter().flat_map(|g| &g.relays).any(ok) {
+        return regions;
+    }
+    regions
+        .into_iter()
+        .map(|mut g| {
+            g.relays.retain(ok);
+            g
+        })
+        .collect()
+}
+
+async fn region_map(settings: &ClientSettings) -> Result<Vec<ferry_proto::api::Region>> {
+    let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
+    match control
+        .get::<RegionsResponse>("/api/v1/regions", Some(&settings.token))
+        .await
+    {
+        Ok(resp) => {
+            if let Ok(json) = serde_json::to_vec(&resp) {
+                // Best effort: the cache only helps while the control plane is down.
+                let _ = std::fs::write(&settings.regions_cache, json);
+            }
+            Ok(resp.regions)
+        }
+        Err(e) if e.is_unreachable() => {
+            let cached = std::fs::read(&settings.regions_cache)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<RegionsResponse>(&b).ok());
+            match cached {
+                Some(c) => {
+                    tracing::warn!(error = %e, "control plane unreachable; using the cached region map");
+                    Ok(c.regions)
+                }
+                None => Err(anyhow!(e)),
+            }
+        }
+        Err(ferry_transport::ControlError::Api { code, message, .. }) => {
+            Err(anyhow!("{message} ({code})"))
+        }
+        Err(e) => Err(anyhow!(e)),
+    }
+}
+
+/// The relays in the order we try them.
+fn order_relays(regions: &[ferry_proto::api::Region], preferred: Option<&str>) -> Vec<RelayInfo> {
+    let mut out: Vec<RelayInfo> = Vec::new();
+    if let Some(name) = preferred {
+        out.extend(
+            regions
+                .iter()
+                .flat_map(|r| &r.relays)
+                .filter(|r| r.name == name)
+                .cloned(),
+        );
+    }
+    for region in regions.iter().filter(|r| !r.relays.is_empty()) {
+        let start = fastrand::usize(..region.relays.len());
+        let mut relays = region.relays.clone();
+        relays.rotate_left(start);
+        out.extend(
+            relays
+                .into_iter()
+                .filter(|r| Some(r.name.as_str()) != preferred),
+        );
+    }
+    out
+}
+
+fn retryable(e: &StreamError, since_start: Duration) -> bool {
+    match e.code() {
+        Some(ErrorCode::Draining | ErrorCode::Overloaded) => true,
+        Some(ErrorCode::AgentNotConnected) => since_start < AGENT_MOVE_WINDOW,
+        Some(_) => false,
+        // The relay went away or did not answer: another one may.
+        None => true,
+    }
 }
 
 impl WorkspaceConnection {
-    /// Finds the workspace's relay and connects to it.
+    /// Connects to the first relay that answers.
     pub async fn connect(
         settings: &ClientSettings,
         workspace: &str,
     ) -> Result<WorkspaceConnection> {
         let workspace = WorkspaceLabel::resolve(workspace, &settings.user)
             .map_err(|e| anyhow!("`{workspace}` is not a workspace name: {e}"))?;
-        let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
-        let looked_up: Result<RouteResponse, ControlError> = control
-            .get(
-                &format!("/api/v1/workspaces/{workspace}/route"),
-                Some(&settings.token),
-            )
-            .await;
-        let route = match looked_up {
-            Ok(route) => {
-                routes::remember(&route);
-                route
+        let regions = in_service(region_map(settings).await?);
+        let candidates = order_relays(&regions, settings.relay.as_deref());
+        if let Some(want) = &settings.relay {
+            if candidates.first().map(|r| &r.name) != Some(want) {
+                // It may be draining or gone; any relay reaches the workspace.
+                tracing::warn!(relay = %want, "relay is not in the region map; using another");
             }
-            // The control plane is down: the relay we last reached the workspace
-            // through still knows its agent (and verifies our token offline).
-            Err(e) if e.is_unreachable() => match routes::recall(&workspace) {
-                Some(route) => {
-                    tracing::warn!(error = %e, relay = %route.relay.name, "control plane unreachable; using the last known route");
-                    route
-                }
-                None => return Err(anyhow!(e)),
-            },
-            Err(e) => return Err(api_error(e)),
+        }
+        let Some(first) = candidates.first() else {
+            bail!("no relays are registered with the control plane");
         };
-        let addr: SocketAddr = route
-            .relay
+        let addr: SocketAddr = first
             .quic_addr
             .parse()
-            .with_context(|| format!("relay {} has a bad address", route.relay.name))?;
+            .with_context(|| format!("relay {} has a bad address", first.name))?;
         let tls = ferry_certs::client_config(&settings.ca_pem, &[alpn::CLIENT])?;
         let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Limits::default())?;
-        let session = dial::connect(&endpoint, addr, &route.relay.server_name, &settings.token)
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to relay {} for workspace `{workspace}`",
-                    route.relay.name
-                )
-            })?;
-        Ok(WorkspaceConnection {
+        let mut conn = WorkspaceConnection {
+            control: ControlClient::new(&settings.control_url, &settings.ca_pem).ok(),
             workspace,
-            relay: route.relay.name,
+            relay: String::new(),
+            candidates,
             endpoint,
-            session,
-        })
+            token: settings.token.clone(),
+            current: Mutex::new(Current {
+                index: 0,
+                session: None,
+            }),
+        };
+        let mut current = conn.current.lock().await;
+        conn_session(&conn.candidates, &conn.endpoint, &conn.token, &mut current)
+            .await
+            .with_context(|| format!("connecting to a relay for workspace `{}`", conn.workspace))?;
+        let relay = conn.candidates[current.index].name.clone();
+        drop(current);
+        conn.relay = relay;
+        Ok(conn)
     }
 
-    /// Opens a stream to `target` in the workspace.
+    /// Opens a stream to `target` in the workspace, retrying on other relays when a
+    /// relay is draining, overloaded, gone, or the agent is moving.
     pub async fn open(&self, target: Target) -> Result<(SendStream, RecvStream)> {
         let header = StreamHeader::new(self.workspace.clone(), target);
-        dial::open_stream(&self.session.conn, &header, dial::STREAM_REPLY_TIMEOUT)
-            .await
-            .map_err(|e| anyhow!("workspace `{}`, {target}: {e}", self.workspace))
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let (conn, index) = {
+                let mut current = self.current.lock().await;
+                conn_session(&self.candidates, &self.endpoint, &self.token, &mut current)
+                    .await
+                    .map_err(|e| anyhow!("workspace `{}`, {target}: {e:#}", self.workspace))?;
+                let session = current.session.as_ref().expect("connected above");
+                (session.conn.clone(), current.index)
+            };
+            let err = match dial::open_stream(&conn, &header, dial::STREAM_REPLY_TIMEOUT).await {
+                Ok(streams) => return Ok(streams),
+                Err(e) => e,
+            };
+            let relay = &self.candidates[index].name;
+            if !retryable(&err, started.elapsed()) || started.elapsed() > RETRY_FOR {
+                return Err(self.explain(target, err).await);
+            }
+            tracing::info!(%relay, error = %err, "stream failed; retrying on another relay");
+            {
+                let mut current = self.current.lock().await;
+                // Another stream may have moved on already.
+                if current.index == index {
+                    // Dropped, not closed: streams still open on it (a draining relay
+                    // lets them finish) keep the connection alive until they end.
+                    current.session = None;
+                    current.index = (index + 1) % self.candidates.len();
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(400));
+        }
     }
 
-    /// Whether the connection has ended.
+    /// The error for the user. Relays know only where agents are, so "no agent" is
+    /// also what a workspace that does not exist (or is not yours) looks like to
+    /// them; the control plane, when it answers, tells which.
+    async fn explain(&self, target: Target, err: StreamError) -> anyhow::Error {
+        if err.code() == Some(ferry_proto::ErrorCode::AgentNotConnected) {
+            if let Some(control) = &self.control {
+                let route = control
+                    .get::<ferry_proto::api::RouteResponse>(
+                        &format!("/api/v1/workspaces/{}/route", self.workspace),
+                        Some(&self.token),
+                    )
+                    .await;
+                if let Err(ferry_transport::ControlError::Api { code, message, .. }) = route {
+                    if code == ferry_proto::ErrorCode::UnknownWorkspace.as_str() {
+                        return anyhow!("{message} ({code})");
+                    }
+                }
+            }
+        }
+        anyhow!("workspace `{}`, {target}: {err}", self.workspace)
+    }
+
+    /// Whether the connection has ended for good (it reconnects by itself otherwise).
     pub fn is_closed(&self) -> bool {
-        self.session.conn.close_reason().is_some()
+        false
     }
 
     /// Closes the connection and lets the close reach the relay.
     pub async fn close(self) {
-        self.session.conn.close(0u32.into(), b"done");
+        if let Some(s) = self.current.lock().await.session.take() {
+            s.conn.close(0u32.into(), b"done");
+        }
         // The CONNECTION_CLOSE leaves on the driver's next poll, within microseconds;
         // `wait_idle` would also wait out the draining period (three PTOs, ~80 ms even
         // on loopback), which only delays the exit of `ferry tcp` and of ssh with it.
@@ -99,49 +259,65 @@ impl WorkspaceConnection {
 }
 
 /// A control-plane error as the user should read it.
-pub fn api_error(e: ControlError) -> anyhow::Error {
+pub fn api_error(e: ferry_transport::ControlError) -> anyhow::Error {
     match e {
-        ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
+        ferry_transport::ControlError::Api { code, message, .. } => anyhow!("{message} ({code})"),
         other => anyhow!(other),
     }
 }
 
-/// The last route seen per workspace, in `routes/LABEL.json` beside the CLI config.
-mod routes {
-    use ferry_proto::api::RouteResponse;
-    use ferry_proto::WorkspaceLabel;
-
-    fn path(workspace: &str) -> Option<std::path::PathBuf> {
-        // Labels are validated (lowercase, digits, hyphens), so safe as file names.
-        let dir = crate::config::default_path().parent()?.join("routes");
-        Some(dir.join(format!("{workspace}.json")))
-    }
-
-    pub fn remember(route: &RouteResponse) {
-        let Some(path) = path(&route.workspace) else {
-            return;
-        };
-        if WorkspaceLabel::parse(&route.workspace).is_err() {
-            return;
+/// Makes sure `current` holds a live session, trying candidates from its index on.
+async fn conn_session(
+    candidates: &[RelayInfo],
+    endpoint: &quinn::Endpoint,
+    token: &str,
+    current: &mut Current,
+) -> Result<()> {
+    if let Some(s) = &current.session {
+        if s.conn.close_reason().is_none() {
+            return Ok(());
         }
-        let write = || -> std::io::Result<()> {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
+        current.session = None;
+        // The relay went away: start with the next one.
+        current.index = (current.index + 1) % candidates.len();
+    }
+    let mut errors = Vec::new();
+    for step in 0..candidates.len() {
+        let index = (current.index + step) % candidates.len();
+        let relay = &candidates[index];
+        let addr: SocketAddr = match relay.quic_addr.parse() {
+            Ok(a) => a,
+            Err(_) => {
+                errors.push(format!("relay {} has a bad address", relay.name));
+                continue;
             }
-            let tmp = path.with_extension("tmp");
-            std::fs::write(&tmp, serde_json::to_vec(route).unwrap_or_default())?;
-            std::fs::rename(&tmp, &path)
         };
-        if let Err(e) = write() {
-            tracing::debug!(error = %e, "cannot cache the route");
+        let dialed = tokio::time::timeout(
+            CLIENT_HANDSHAKE_TIMEOUT,
+            dial::connect(endpoint, addr, &relay.server_name, token),
+        )
+        .await;
+        match dialed {
+            Ok(Ok(session)) => {
+                current.index = index;
+                current.session = Some(session);
+                return Ok(());
+            }
+            // A bad token is bad everywhere.
+            Ok(Err(e))
+                if e.code()
+                    .is_some_and(|c| !matches!(c, ErrorCode::Draining | ErrorCode::Overloaded)) =>
+            {
+                return Err(anyhow!(e).context(format!("relay {}", relay.name)));
+            }
+            Ok(Err(e)) => errors.push(format!("relay {}: {e}", relay.name)),
+            Err(_) => errors.push(format!(
+                "relay {} ({addr}): no answer within {CLIENT_HANDSHAKE_TIMEOUT:?}",
+                relay.name
+            )),
         }
     }
-
-    pub fn recall(workspace: &WorkspaceLabel) -> Option<RouteResponse> {
-        let text = std::fs::read(path(workspace.as_str())?).ok()?;
-        let route: RouteResponse = serde_json::from_slice(&text).ok()?;
-        (route.workspace == workspace.as_str()).then_some(route)
-    }
+    bail!("no relay answered: {}", errors.join("; "))
 }
 
 /// Parses a target: a port number, or `ssh`.

@@ -131,23 +131,19 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
 
     let mut relays = Vec::new();
     for (region, name, token) in relay_tokens {
-        let relay = Relay::start(
-            RelayConfig {
-                name: name.clone(),
-                region: region.clone(),
-                listen: "127.0.0.1:0".parse().expect("literal address"),
-                advertise: None,
-                names: vec!["127.0.0.1".into(), "localhost".into()],
-                control_url: control_url.clone(),
-                ca_pem: ca_pem.clone(),
-                token,
-                limits: Default::default(),
-                cache_dir: Some(data_dir.join("relay-cache")),
-            },
-            cancel.clone(),
-        )
-        .await
-        .with_context(|| format!("starting relay {name}"))?;
+        let mut config = RelayConfig::new(
+            name.clone(),
+            region.clone(),
+            control_url.clone(),
+            ca_pem.clone(),
+            token,
+        );
+        // Ctrl-C on a dev network should not wait long for streams.
+        config.drain_grace = Duration::from_secs(2);
+        config.cache_dir = Some(data_dir.join("relay-cache"));
+        let relay = Relay::start(config, cancel.clone())
+            .await
+            .with_context(|| format!("starting relay {name}"))?;
         relays.push(serde_json::json!({ "name": name, "region": region, "addr": relay.local_addr().to_string() }));
         tasks.spawn(relay.run());
     }
@@ -170,12 +166,22 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     });
     let connected = tokio::time::timeout(
         Duration::from_secs(15),
-        status.wait_for(|s| matches!(s, AgentStatus::Connected { .. })),
+        // With several relays per region, wait for the standby link too.
+        status.wait_for(|s| match s {
+            AgentStatus::Connected { standby, .. } => {
+                standby.is_some() || args.relays_per_region < 2
+            }
+            _ => false,
+        }),
     )
     .await;
     let agent_relay = match connected {
         Ok(Ok(s)) => match &*s {
-            AgentStatus::Connected { relay } => relay.clone(),
+            AgentStatus::Connected {
+                relay,
+                standby: Some(standby),
+            } => format!("{relay}, standby {standby}"),
+            AgentStatus::Connected { relay, .. } => relay.clone(),
             _ => String::new(),
         },
         _ => {

@@ -131,28 +131,39 @@ pub struct RelayArgs {
     /// while the control plane is down [default: ~/.local/share/ferry/relay]
     #[arg(long, env = "FERRY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Plain-HTTP admin address (/healthz, /readyz); port 0 picks a free port
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
+    /// Seconds open streams may run after SIGTERM before they are cut
+    #[arg(long, env = "FERRY_DRAIN_GRACE", default_value_t = 30)]
+    pub drain_grace: u64,
+    /// Milliseconds between refreshes of the region map and directory (and heartbeats)
+    #[arg(long, default_value_t = 2000, hide = true)]
+    pub refresh_ms: u64,
     /// Write a JSON file with the bound address once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
 }
 
 pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
-    let config = RelayConfig {
-        name: args.name.clone(),
-        region: args.region.clone(),
-        listen: args.listen,
-        advertise: args.advertise,
-        names: args.cert_names.clone(),
-        control_url: args.control_url.clone(),
-        ca_pem: read_ca(&args.ca_file)?,
-        token: args.token.clone(),
-        limits: Default::default(),
-        cache_dir: Some(
-            args.cache_dir
-                .clone()
-                .unwrap_or_else(|| default_data_dir("relay")),
-        ),
-    };
+    let mut config = RelayConfig::new(
+        args.name.clone(),
+        args.region.clone(),
+        args.control_url.clone(),
+        read_ca(&args.ca_file)?,
+        args.token.clone(),
+    );
+    config.listen = args.listen;
+    config.advertise = args.advertise;
+    config.names = args.cert_names.clone();
+    config.admin_listen = Some(args.admin_listen);
+    config.drain_grace = Duration::from_secs(args.drain_grace);
+    config.refresh = Duration::from_millis(args.refresh_ms.max(50));
+    config.cache_dir = Some(
+        args.cache_dir
+            .clone()
+            .unwrap_or_else(|| default_data_dir("relay")),
+    );
     // The control plane may start after us: wait for it, but fail at once on a refusal.
     let mut delay = Duration::from_millis(200);
     let relay = loop {
@@ -172,8 +183,14 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,
-            &serde_json::json!({ "addr": relay.local_addr().to_string() }),
+            &serde_json::json!({
+                "addr": relay.local_addr().to_string(),
+                "admin_addr": relay.admin_addr().map(|a| a.to_string()),
+            }),
         )?;
+    }
+    if let Some(admin) = relay.admin_addr() {
+        println!("relay {}: admin http://{admin}/readyz", args.name);
     }
     relay.run().await;
     Ok(())
@@ -205,6 +222,9 @@ pub struct AgentArgs {
     /// Refuse terminal sessions
     #[arg(long, conflicts_with = "shell")]
     pub disable_terminal: bool,
+    /// Milliseconds between fetches of the region map
+    #[arg(long, default_value_t = 3000, hide = true)]
+    pub refresh_ms: u64,
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
@@ -216,6 +236,7 @@ pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     } else if let Some(shell) = args.shell {
         config.terminal = TerminalPolicy::Shell(shell);
     }
+    config.map_refresh = Duration::from_millis(args.refresh_ms.max(50));
     if !args.allow_ports.is_empty() {
         config.ports = PortPolicy::Only(args.allow_ports);
     }

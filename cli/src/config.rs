@@ -60,6 +60,10 @@ pub struct ClientSettings {
     pub token: String,
     /// The user the token names (for resolving short workspace names).
     pub user: String,
+    /// Relay to try first, by name.
+    pub relay: Option<String>,
+    /// Where the last region map is kept, for when the control plane is down.
+    pub regions_cache: PathBuf,
 }
 
 /// Flags every client command takes.
@@ -74,6 +78,9 @@ pub struct ClientArgs {
     /// User token [default: from the config file]
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// Relay to connect through, by name [default: any relay of the first region]
+    #[arg(long, env = "FERRY_RELAY", global = true)]
+    pub relay: Option<String>,
 }
 
 impl ClientArgs {
@@ -100,6 +107,8 @@ impl ClientArgs {
             ca_pem,
             token,
             user: claims.sub,
+            relay: self.relay.clone(),
+            regions_cache: path.with_file_name("regions-cache.json"),
         })
     }
 }

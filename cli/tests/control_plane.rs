@@ -200,7 +200,7 @@ async fn with_the_control_plane_down_a_restarted_relay_still_routes_known_worksp
     let mut child = relay.child;
     child.kill().await?;
     child.wait().await?;
-    net.start_relay_with_token(&name, &region, &relay_addr.to_string(), &token)
+    net.start_relay_with_token(&name, &region, &relay_addr.to_string(), &token, &[])
         .await?;
 
     // The agent finds the relay again, and the CLI reaches the workspace through it.

@@ -23,6 +23,8 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
             "0",
             "--http-port",
             "0",
+            "--relays-per-region",
+            "2",
             "--data-dir",
         ])
         .arg(dir.0.join("data"))
@@ -35,11 +37,32 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
         .spawn()?;
     let info = wait_for_json(&ready, Duration::from_secs(30)).await?;
     let echo = info["echo_port"].as_u64().unwrap().to_string();
-    assert_eq!(
-        info["relays"].as_array().map(Vec::len),
-        Some(2),
-        "two regions by default"
-    );
+    let relays: Vec<String> = info["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(relays.len(), 4, "two regions by default, two relays each");
+
+    // The mesh: the workspace answers through every relay, whichever holds its agent.
+    for relay in &relays {
+        let out = Command::new(FERRY)
+            .args(["tcp", "demo", &echo, "--relay", relay])
+            .env("FERRY_CONFIG", &config)
+            .env_remove("FERRY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let out = tokio::time::timeout(Duration::from_secs(30), out.wait_with_output()).await??;
+        assert!(
+            out.status.success(),
+            "via {relay}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 
     // The CLI uses the config dev wrote, with no flags at all.
     let mut child = Command::new(FERRY)

@@ -55,12 +55,19 @@ CREATE TABLE relays (
     quic_addr      TEXT NOT NULL,
     server_name    TEXT NOT NULL,
     registered_at  BIGINT NOT NULL,
-    last_heartbeat BIGINT NOT NULL
+    last_heartbeat BIGINT NOT NULL,
+    -- Changes with every registration (nanoseconds): tells a restarted relay apart.
+    incarnation    BIGINT NOT NULL DEFAULT 0,
+    -- 1 once the relay said it is draining; a new registration clears it.
+    draining       BIGINT NOT NULL DEFAULT 0
 );
 
 -- Which relay each connected agent is on, as relays report it.
+-- An agent holds a connection to its ring owner and one to a standby relay.
 CREATE TABLE directory (
-    workspace  TEXT PRIMARY KEY,
+    workspace  TEXT NOT NULL,
     relay      TEXT NOT NULL,
-    updated_at BIGINT NOT NULL
+    standby    BIGINT NOT NULL DEFAULT 0,
+    updated_at BIGINT NOT NULL,
+    PRIMARY KEY (workspace, relay)
 );

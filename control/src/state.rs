@@ -99,7 +99,12 @@ fn relay_info(row: &RelayRow, now: i64) -> RelayInfo {
         region: row.region.clone(),
         quic_addr: row.quic_addr.clone(),
         server_name: row.server_name.clone(),
-        health: Some(health(row.last_heartbeat, now)),
+        health: Some(if row.draining {
+            RelayHealth::Draining
+        } else {
+            health(row.last_heartbeat, now)
+        }),
+        incarnation: u64::try_from(row.incarnation).unwrap_or(0),
     }
 }
 
@@ -289,6 +294,13 @@ impl State {
                 server_name: info.server_name.clone(),
                 registered_at: now,
                 last_heartbeat: now,
+                // Distinct for every start of a relay: agents tell a restarted relay
+                // from the draining process that was there before.
+                incarnation: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+                draining: false,
             })
             .await?;
         tracing::info!(relay = %info.name, region = %info.region, addr = %info.quic_addr, "relay registered");
@@ -318,26 +330,68 @@ impl State {
         relay: &str,
         workspace: &str,
         connected: bool,
+        standby: bool,
     ) -> Result<(), StateError> {
         let now = now();
-        self.store.heartbeat(relay, now).await?;
+        self.store.heartbeat(relay, now, false).await?;
         if connected {
-            self.store.set_directory(workspace, relay, now).await?;
+            self.store
+                .set_directory(workspace, relay, standby, now)
+                .await?;
         } else {
             self.store.clear_directory(workspace, relay).await?;
         }
         Ok(())
     }
 
-    /// Where a workspace's agent is connected, if anywhere.
+    /// Where a workspace's agent is connected, if anywhere: its owner relay when that
+    /// one is in service, else its standby.
     pub async fn route(&self, workspace: &str) -> Result<Option<RelayInfo>, StateError> {
-        let Some(relay) = self.store.directory(workspace).await? else {
-            return Ok(None);
-        };
-        Ok(self
+        let now = now();
+        let mut fallback = None;
+        for name in self.store.directory(workspace).await? {
+            let Some(row) = self.store.relay(&name).await? else {
+                continue;
+            };
+            let info = relay_info(&row, now);
+            if info.health == Some(RelayHealth::Ok) {
+                return Ok(Some(info));
+            }
+            fallback.get_or_insert(info);
+        }
+        Ok(fallback)
+    }
+
+    /// Every connected workspace with its home region and the live relays (healthy or
+    /// draining) that hold its agent, owner first: what relays route by.
+    pub async fn directory(&self) -> Result<Vec<ferry_proto::api::DirectoryRecord>, StateError> {
+        let now = now();
+        let relays: std::collections::HashMap<String, RelayInfo> = self
             .store
-            .relay(&relay)
+            .relays()
             .await?
-            .map(|row| relay_info(&row, now())))
+            .iter()
+            .map(|row| (row.name.clone(), relay_info(row, now)))
+            // A draining relay still holds its agents until they have moved.
+            .filter(|(_, info)| {
+                matches!(info.health, Some(RelayHealth::Ok | RelayHealth::Draining))
+            })
+            .collect();
+        let mut records: Vec<ferry_proto::api::DirectoryRecord> = Vec::new();
+        for (workspace, relay, _standby) in self.store.directory_all().await? {
+            // A relay that went silent (killed, cut off) no longer holds anyone.
+            let Some(info) = relays.get(&relay) else {
+                continue;
+            };
+            match records.last_mut() {
+                Some(r) if r.workspace == workspace => r.relays.push(relay),
+                _ => records.push(ferry_proto::api::DirectoryRecord {
+                    workspace,
+                    region: info.region.clone(),
+                    relays: vec![relay],
+                }),
+            }
+        }
+        Ok(records)
     }
 }

@@ -126,6 +126,8 @@ pub struct RelayRow {
     pub server_name: String,
     pub registered_at: i64,
     pub last_heartbeat: i64,
+    pub incarnation: i64,
+    pub draining: bool,
 }
 
 /// The store: a pool on one of the two backends.
@@ -143,7 +145,8 @@ fn conflict(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 const TOKEN_COLUMNS: &str = "jti, kind, subject, name, kid, created_at, expires_at, revoked_at";
-const RELAY_COLUMNS: &str = "name, region, quic_addr, server_name, registered_at, last_heartbeat";
+const RELAY_COLUMNS: &str =
+    "name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining";
 
 macro_rules! token_row {
     ($r:expr) => {
@@ -169,6 +172,8 @@ macro_rules! relay_row {
             server_name: $r.try_get("server_name")?,
             registered_at: $r.try_get("registered_at")?,
             last_heartbeat: $r.try_get("last_heartbeat")?,
+            incarnation: $r.try_get("incarnation")?,
+            draining: $r.try_get::<i64, _>("draining")? != 0,
         }
     };
 }
@@ -465,19 +470,29 @@ impl Store {
     /// Records a relay (enrollment); a re-enrolling relay keeps its name.
     pub async fn upsert_relay(&self, r: &RelayRow) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query(
-            "INSERT INTO relays (name, region, quic_addr, server_name, registered_at, last_heartbeat) VALUES ($1, $2, $3, $4, $5, $6) \
+            "INSERT INTO relays (name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0) \
              ON CONFLICT (name) DO UPDATE SET region = excluded.region, quic_addr = excluded.quic_addr, \
-             server_name = excluded.server_name, registered_at = excluded.registered_at, last_heartbeat = excluded.last_heartbeat")
+             server_name = excluded.server_name, registered_at = excluded.registered_at, last_heartbeat = excluded.last_heartbeat, \
+             incarnation = excluded.incarnation, draining = 0")
             .bind(&r.name).bind(&r.region).bind(&r.quic_addr).bind(&r.server_name)
-            .bind(r.registered_at).bind(r.last_heartbeat)
+            .bind(r.registered_at).bind(r.last_heartbeat).bind(r.incarnation)
             .execute(pool).await?; });
         Ok(())
     }
 
-    /// Notes a heartbeat; false if the relay never enrolled.
-    pub async fn heartbeat(&self, name: &str, now: i64) -> Result<bool, StoreError> {
-        let n = with_pool!(self, pool => sqlx::query("UPDATE relays SET last_heartbeat = $1 WHERE name = $2")
-            .bind(now).bind(name).execute(pool).await?.rows_affected());
+    /// Notes a heartbeat; false if the relay never enrolled. Draining is sticky: a
+    /// draining relay never returns to service, only a new registration (a new
+    /// process) clears it.
+    pub async fn heartbeat(
+        &self,
+        name: &str,
+        now: i64,
+        draining: bool,
+    ) -> Result<bool, StoreError> {
+        let n = with_pool!(self, pool => sqlx::query(
+            "UPDATE relays SET last_heartbeat = $1, draining = CASE WHEN $2 = 1 THEN 1 ELSE draining END WHERE name = $3")
+            .bind(now).bind(i64::from(draining)).bind(name).execute(pool).await?.rows_affected());
         Ok(n == 1)
     }
 
@@ -502,12 +517,13 @@ impl Store {
         &self,
         workspace: &str,
         relay: &str,
+        standby: bool,
         now: i64,
     ) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query(
-            "INSERT INTO directory (workspace, relay, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (workspace) DO UPDATE SET relay = excluded.relay, updated_at = excluded.updated_at")
-            .bind(workspace).bind(relay).bind(now).execute(pool).await?; });
+            "INSERT INTO directory (workspace, relay, standby, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (workspace, relay) DO UPDATE SET standby = excluded.standby, updated_at = excluded.updated_at")
+            .bind(workspace).bind(relay).bind(i64::from(standby)).bind(now).execute(pool).await?; });
         Ok(())
     }
 
@@ -534,7 +550,7 @@ impl Store {
             for workspace in workspaces {
                 sqlx::query(
                     "INSERT INTO directory (workspace, relay, updated_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (workspace) DO UPDATE SET relay = excluded.relay, updated_at = excluded.updated_at")
+                     ON CONFLICT (workspace, relay) DO UPDATE SET updated_at = excluded.updated_at")
                     .bind(workspace).bind(relay).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
@@ -542,12 +558,23 @@ impl Store {
         Ok(())
     }
 
-    /// The relay a workspace's agent is on.
-    pub async fn directory(&self, workspace: &str) -> Result<Option<String>, StoreError> {
+    /// The relays a workspace's agent is on, its owner (primary) first.
+    pub async fn directory(&self, workspace: &str) -> Result<Vec<String>, StoreError> {
         with_pool!(self, pool => {
-            let row = sqlx::query("SELECT relay FROM directory WHERE workspace = $1")
-                .bind(workspace).fetch_optional(pool).await?;
-            Ok(match row { Some(r) => Some(r.try_get("relay")?), None => None })
+            let rows = sqlx::query("SELECT relay FROM directory WHERE workspace = $1 ORDER BY standby, relay")
+                .bind(workspace).fetch_all(pool).await?;
+            rows.iter().map(|r| Ok(r.try_get("relay")?)).collect()
+        })
+    }
+
+    /// Every (workspace, relay, standby) entry, primaries first within a workspace.
+    pub async fn directory_all(&self) -> Result<Vec<(String, String, bool)>, StoreError> {
+        with_pool!(self, pool => {
+            let rows = sqlx::query("SELECT workspace, relay, standby FROM directory ORDER BY workspace, standby, relay")
+                .fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| Ok((r.try_get("workspace")?, r.try_get("relay")?, r.try_get::<i64, _>("standby")? != 0)))
+                .collect()
         })
     }
 }

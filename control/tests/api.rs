@@ -439,6 +439,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &DirectoryUpdate {
                 workspace: "demo--alice".into(),
                 connected: true,
+                standby: false,
             },
         )
         .await
@@ -457,6 +458,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &DirectoryUpdate {
                 workspace: "no-owner".into(),
                 connected: true,
+                standby: false,
             },
         )
         .await;
@@ -469,6 +471,7 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             &DirectoryUpdate {
                 workspace: "demo--alice".into(),
                 connected: false,
+                standby: false,
             },
         )
         .await;
@@ -528,7 +531,12 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
 
     // A relay silent for long is not offered: the route says why.
     let stale = ferry_transport::unix_now() as i64 - ferry_control::UNREACHABLE_SECS - 5;
-    assert!(p.state.store().heartbeat("eu-1", stale).await.unwrap());
+    assert!(p
+        .state
+        .store()
+        .heartbeat("eu-1", stale, false)
+        .await
+        .unwrap());
     let r = p
         .client
         .get::<RouteResponse>("/api/v1/workspaces/demo--alice/route", Some(&alice))

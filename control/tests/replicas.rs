@@ -127,6 +127,7 @@ async fn two_replicas_on_one_postgres_serve_the_same_api() {
             &DirectoryUpdate {
                 workspace: "demo--alice".into(),
                 connected: true,
+                standby: false,
             },
         )
         .await

@@ -36,6 +36,10 @@ pub struct RelayInfo {
     /// Health by the age of its last heartbeat (absent from older control planes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<RelayHealth>,
+    /// Changes every time the relay registers: tells a restarted relay from the
+    /// process that was there before (agents avoid a draining relay until it is back).
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// A relay's health as the control plane sees it, from its heartbeats.
@@ -48,6 +52,8 @@ pub enum RelayHealth {
     Unhealthy,
     /// No heartbeat for long: not offered to new sessions.
     Unreachable,
+    /// Draining (shutting down or moving its agents): not offered to new sessions.
+    Draining,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +110,25 @@ pub struct MintTokenResponse {
 pub struct DirectoryUpdate {
     pub workspace: String,
     pub connected: bool,
+    /// The agent holds this connection as its standby (the ring owner is elsewhere).
+    #[serde(default)]
+    pub standby: bool,
+}
+
+/// One workspace in the directory: its home region and the relays holding its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryRecord {
+    pub workspace: String,
+    pub region: String,
+    /// Relays with a connection from the agent; the owner (primary) first.
+    pub relays: Vec<String>,
+}
+
+/// `GET /api/v1/directory` (relay or admin token): every connected workspace, so that
+/// relays can route (and keep routing from cache while the control plane is down).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectoryResponse {
+    pub workspaces: Vec<DirectoryRecord>,
 }
 
 /// `GET /api/v1/workspaces/{label}/route` (user token): where the workspace's agent is.
@@ -270,6 +295,10 @@ pub struct HeartbeatRequest {
     pub known: Option<String>,
     #[serde(default)]
     pub wait_secs: u32,
+    /// The relay is draining: it leaves the region map at once and stays out until
+    /// it registers again.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

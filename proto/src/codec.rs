@@ -42,6 +42,13 @@ pub(crate) fn get_u16(buf: &mut Bytes, field: &'static str) -> Result<u16, Decod
 }
 
 /// Reads `len` bytes as UTF-8.
+pub(crate) fn get_u32(buf: &mut Bytes, field: &'static str) -> Result<u32, DecodeError> {
+    if buf.remaining() < 4 {
+        return Err(DecodeError::Truncated { field });
+    }
+    Ok(buf.get_u32())
+}
+
 pub(crate) fn get_str(
     buf: &mut Bytes,
     len: usize,

@@ -300,7 +300,7 @@ macro_rules! impl_frame {
         }
     )*};
 }
-impl_frame!(Hello, StreamHeader, Reply);
+impl_frame!(Hello, StreamHeader, Reply, crate::notice::Notice);
 
 /// Decodes one complete framed message (`[len][body]`) held entirely in `buf`; used by
 /// the fuzz targets and by tests that feed raw bytes.

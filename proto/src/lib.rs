@@ -7,7 +7,9 @@
 //!
 //! # Protocol versions
 //! - 1 (ferry 0.1): hello/reply on the first stream of a connection, a stream header
-//!   per data stream, typed error frames, Ed25519 tokens.
+//!   per data stream, typed error frames, Ed25519 tokens. Later in 0.1: relay-to-relay
+//!   hops in the stream header (mesh forwarding), and the [`Notice`] frames (go-away) on
+//!   an agent's control stream.
 
 pub mod alpn;
 pub mod api;
@@ -15,6 +17,7 @@ pub mod codec;
 pub mod error_code;
 pub mod frame;
 pub mod label;
+pub mod notice;
 pub mod terminal;
 pub mod token;
 
@@ -22,6 +25,7 @@ pub use codec::DecodeError;
 pub use error_code::ErrorCode;
 pub use frame::{ErrorFrame, Hello, Reply, StreamHeader, Target};
 pub use label::{LabelError, WorkspaceLabel};
+pub use notice::Notice;
 
 /// The protocol version this build speaks, carried in every hello and stream header.
 pub const PROTOCOL_VERSION: u8 = 1;

@@ -18,6 +18,8 @@ pub struct AgentLink {
 pub struct AgentTable {
     links: DashMap<WorkspaceLabel, AgentLink>,
     next_id: AtomicU64,
+    /// The number of links, watched by a draining relay waiting for its agents to move.
+    count: tokio::sync::watch::Sender<usize>,
 }
 
 impl AgentTable {
@@ -30,14 +32,24 @@ impl AgentTable {
     ) -> (u64, Option<AgentLink>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let old = self.links.insert(label, AgentLink { conn, id });
+        self.count.send_replace(self.links.len());
         (id, old)
     }
 
     /// Removes the agent only if it is still the link `id` (not a newer one).
     pub fn remove(&self, label: &WorkspaceLabel, id: u64) -> bool {
-        self.links
+        let removed = self
+            .links
             .remove_if(label, |_, link| link.id == id)
-            .is_some()
+            .is_some();
+        self.count.send_replace(self.links.len());
+        removed
+    }
+
+    /// Resolves when no agent is connected.
+    pub async fn empty(&self) {
+        let mut rx = self.count.subscribe();
+        let _ = rx.wait_for(|n| *n == 0).await;
     }
 
     pub fn get(&self, label: &WorkspaceLabel) -> Option<AgentLink> {

@@ -242,6 +242,7 @@ pub(crate) async fn sync(
             } else {
                 0
             },
+            draining: shared.drain.is_draining(),
         };
         // Every round, not only on a change: a connection whose token was checked just
         // before a revocation arrived is tracked only after it; this also forgets

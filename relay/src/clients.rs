@@ -1,12 +1,11 @@
-//! Serving the two kinds of peers: agents (which we open streams to) and clients
-//! (which open streams to us, each forwarded to the workspace's agent).
+//! Serving agents (which we open streams to) and clients (which open streams to us,
+//! each routed by [`crate::routing`]), after the hello on their first bi-stream.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::token::TokenKind;
-use ferry_proto::{ErrorCode, ErrorFrame, Hello, Reply, StreamHeader, WorkspaceLabel};
-use ferry_transport::dial::{self, StreamError};
+use ferry_proto::{ErrorCode, ErrorFrame, Hello, Notice, Reply, WorkspaceLabel};
 use ferry_transport::frame_io::{read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::task::JoinSet;
@@ -20,7 +19,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads the hello on the first bi-stream and checks its token. On refusal the reason
 /// is sent back, and the connection closed once the peer has read it.
-async fn accept_hello(
+pub(crate) async fn accept_hello(
     shared: &Shared,
     conn: &Connection,
     kind: TokenKind,
@@ -60,9 +59,10 @@ async fn accept_hello(
     }
 }
 
-/// An agent: register it, keep it until its connection ends.
-pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, cancel: CancellationToken) {
-    let Some((subject, _control_send, _control_recv)) =
+/// An agent: register it, keep it until its connection ends; when the relay drains,
+/// tell it to go away (with a jittered reconnect hint) and let it leave on its own.
+pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: CancellationToken) {
+    let Some((subject, mut control_send, _control_recv)) =
         accept_hello(&shared, &conn, TokenKind::Agent).await
     else {
         return;
@@ -81,14 +81,36 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, cancel: Cancella
             tracing::warn!("a newer agent connection for this workspace replaces the old one");
             old.conn.close(ErrorCode::Draining.to_u16().into(), b"replaced by a newer connection");
         }
-        shared.directory.report(label.as_str(), true);
-        tracing::info!("agent connected");
-        tokio::select! {
-            _ = conn.closed() => {}
-            _ = cancel.cancelled() => conn.close(ErrorCode::Draining.to_u16().into(), b"relay shutting down"),
+        // Agents connect only to relays of their home region, so ours is theirs.
+        shared.view.learn(label.as_str(), &shared.region);
+        let standby = shared
+            .view
+            .map()
+            .placement(&shared.region, label.as_str())
+            .is_some_and(|p| p.owner.name != shared.name);
+        shared.directory.report(label.as_str(), true, standby);
+        tracing::info!(standby, "agent connected");
+        let mut told = false;
+        loop {
+            tokio::select! {
+                _ = conn.closed() => break,
+                _ = stop.cancelled() => {
+                    conn.close(ErrorCode::Draining.to_u16().into(), b"relay shutting down");
+                    break;
+                }
+                _ = shared.drain.started(), if !told => {
+                    told = true;
+                    let hint = fastrand::u32(..=shared.go_away_jitter_ms.max(1));
+                    let notice = Notice::GoAway { reconnect_after_ms: hint };
+                    match write_frame(&mut control_send, &notice).await {
+                        Ok(()) => tracing::info!(reconnect_after_ms = hint, "told the agent to go away"),
+                        Err(e) => tracing::debug!(error = %e, "could not send go-away"),
+                    }
+                }
+            }
         }
         if shared.agents.remove(&label, id) {
-            shared.directory.report(label.as_str(), false);
+            shared.directory.report(label.as_str(), false, standby);
         }
         tracing::info!(reason = ?conn.close_reason(), "agent disconnected");
     }
@@ -96,8 +118,8 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, cancel: Cancella
     .await
 }
 
-/// A client: accept its streams and forward each to the workspace's agent.
-pub async fn serve_client(shared: Arc<Shared>, conn: Connection, cancel: CancellationToken) {
+/// A client: accept its streams and route each to the workspace's agent.
+pub async fn serve_client(shared: Arc<Shared>, conn: Connection, stop: CancellationToken) {
     let Some((user, _control_send, _control_recv)) =
         accept_hello(&shared, &conn, TokenKind::User).await
     else {
@@ -109,11 +131,12 @@ pub async fn serve_client(shared: Arc<Shared>, conn: Connection, cancel: Cancell
         loop {
             tokio::select! {
                 biased;
-                _ = cancel.cancelled() => break,
+                _ = stop.cancelled() => break,
                 Some(_) = streams.join_next(), if !streams.is_empty() => {}
                 accepted = conn.accept_bi() => {
                     let Ok((send, recv)) = accepted else { break };
-                    streams.spawn(forward_stream(shared.clone(), user.clone(), send, recv).in_current_span());
+                    let origin = crate::routing::Origin::Client { user: user.clone() };
+                    streams.spawn(crate::routing::serve_stream(shared.clone(), origin, send, recv).in_current_span());
                 }
             }
         }
@@ -121,72 +144,4 @@ pub async fn serve_client(shared: Arc<Shared>, conn: Connection, cancel: Cancell
     }
     .instrument(span)
     .await
-}
-
-/// Refuses a stream with a typed error and ends it.
-async fn refuse(mut send: SendStream, mut recv: RecvStream, frame: ErrorFrame) {
-    tracing::debug!(code = %frame.code, reason = %frame.message, "stream refused");
-    let _ = write_frame(&mut send, &Reply::Error(frame)).await;
-    let _ = send.finish();
-    let _ = recv.stop(ferry_transport::splice::ABORTED);
-}
-
-async fn forward_stream(shared: Arc<Shared>, user: String, send: SendStream, mut recv: RecvStream) {
-    let header =
-        match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                let frame = ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"));
-                return refuse(send, recv, frame).await;
-            }
-            Err(_) => {
-                let frame = ErrorFrame::new(ErrorCode::Protocol, "no stream header within 10s");
-                return refuse(send, recv, frame).await;
-            }
-        };
-    let workspace = &header.workspace;
-    // Another user's workspace is refused exactly like one that does not exist.
-    if workspace.owner() != user {
-        let frame = ErrorFrame::new(
-            ErrorCode::UnknownWorkspace,
-            format!("workspace `{workspace}` does not exist or is not yours"),
-        );
-        return refuse(send, recv, frame).await;
-    }
-    let Some(agent) = shared.agents.get(workspace) else {
-        let frame = ErrorFrame::new(
-            ErrorCode::AgentNotConnected,
-            format!(
-                "workspace `{workspace}` has no connected agent on relay {}",
-                shared.name
-            ),
-        );
-        return refuse(send, recv, frame).await;
-    };
-    let upstream = match dial::open_stream(&agent.conn, &header, dial::AGENT_REPLY_TIMEOUT).await {
-        Ok(streams) => streams,
-        Err(StreamError::Refused(frame)) => return refuse(send, recv, frame).await,
-        Err(StreamError::Timeout(after)) => {
-            // Most likely the agent vanished without closing (killed, network cut) and
-            // its connection has not timed out yet.
-            let frame = ErrorFrame::new(
-                ErrorCode::AgentNotConnected,
-                format!("workspace `{workspace}`: the agent did not answer within {after:?} (it may have just disconnected)"),
-            );
-            return refuse(send, recv, frame).await;
-        }
-        Err(e) => {
-            let frame = ErrorFrame::new(
-                ErrorCode::AgentNotConnected,
-                format!("workspace `{workspace}`: agent connection failed: {e}"),
-            );
-            return refuse(send, recv, frame).await;
-        }
-    };
-    let mut send = send;
-    if write_frame(&mut send, &Reply::Ok).await.is_err() {
-        return;
-    }
-    let stats = ferry_transport::splice::quic_with_quic((send, recv), upstream).await;
-    tracing::debug!(%workspace, target = %header.target, up = stats.forward, down = stats.backward, "stream done");
 }

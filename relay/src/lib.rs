@@ -7,10 +7,15 @@
 //! Every connection and stream is a task in a `JoinSet` owned by its parent, so
 //! nothing outlives the relay.
 
+mod admin;
 mod agents;
 pub mod cache;
 mod clients;
 mod directory;
+mod drain;
+mod mesh;
+mod routing;
 mod server;
+mod view;
 
 pub use server::{Relay, RelayConfig, RelayError};

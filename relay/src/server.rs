@@ -16,6 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::agents::AgentTable;
 use crate::cache::{self, Cached};
 use crate::directory::{self, DirectoryReporter};
+use crate::drain::Drain;
+use crate::mesh::Mesh;
+use crate::view::View;
 
 /// How a relay runs.
 #[derive(Debug, Clone)]
@@ -38,6 +41,42 @@ pub struct RelayConfig {
     /// Where the certificate, token keys and revocations are cached, so that the relay
     /// restarts and verifies tokens while the control plane is down. None: no cache.
     pub cache_dir: Option<PathBuf>,
+    /// Plain-HTTP admin port (`/healthz`, `/readyz`); none when unset.
+    pub admin_listen: Option<SocketAddr>,
+    /// How long open streams may run once draining starts.
+    pub drain_grace: Duration,
+    /// How often the region map and directory are refreshed and the heartbeat sent.
+    pub refresh: Duration,
+    /// Go-away reconnect hints are spread uniformly over `0..=go_away_jitter`.
+    pub go_away_jitter: Duration,
+}
+
+impl RelayConfig {
+    /// A configuration with the defaults for everything but identity and control plane.
+    pub fn new(
+        name: String,
+        region: String,
+        control_url: String,
+        ca_pem: String,
+        token: String,
+    ) -> Self {
+        RelayConfig {
+            name,
+            region,
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            advertise: None,
+            names: vec!["127.0.0.1".into(), "localhost".into()],
+            control_url,
+            ca_pem,
+            token,
+            limits: Limits::default(),
+            admin_listen: None,
+            drain_grace: Duration::from_secs(30),
+            refresh: Duration::from_secs(2),
+            go_away_jitter: Duration::from_millis(500),
+            cache_dir: None,
+        }
+    }
 }
 
 /// Why a relay could not start.
@@ -56,11 +95,18 @@ pub enum RelayError {
     Cert(#[from] ferry_certs::CertError),
     #[error(transparent)]
     Endpoint(#[from] ferry_transport::quic::EndpointError),
+    #[error("binding the admin port {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// What connection and stream tasks share.
 pub(crate) struct Shared {
     pub name: String,
+    pub region: String,
     pub keys: RwLock<Arc<KeySet>>,
     /// Token ids (`jti`) the control plane revoked.
     pub revoked: RwLock<Arc<HashSet<String>>>,
@@ -68,6 +114,10 @@ pub(crate) struct Shared {
     pub directory: DirectoryReporter,
     /// Open connections by token id, to end them when the token is revoked.
     pub sessions: cache::Sessions,
+    pub view: View,
+    pub mesh: Mesh,
+    pub drain: Drain,
+    pub go_away_jitter_ms: u32,
 }
 
 impl Shared {
@@ -81,16 +131,24 @@ pub struct Relay {
     endpoint: quinn::Endpoint,
     shared: Arc<Shared>,
     background: JoinSet<()>,
-    cancel: CancellationToken,
+    /// The caller's token: when it fires, the relay drains.
+    drain: CancellationToken,
+    /// Ours: stops every task at once, after the drain.
+    stop: CancellationToken,
+    /// Stops the directory reporter, once it has sent what the last agents left.
+    reporter_stop: CancellationToken,
+    drain_grace: Duration,
+    admin_addr: Option<SocketAddr>,
 }
+
+/// After the last stream, how long a draining relay waits for its agents to move
+/// (they connect to their new relay first, then leave us).
+const AGENT_MOVE_WAIT: Duration = Duration::from_secs(3);
 
 impl Relay {
     /// Binds the UDP socket, registers with the control plane, and builds the endpoint.
-    /// Background tasks stop when `cancel` fires.
-    pub async fn start(
-        config: RelayConfig,
-        cancel: CancellationToken,
-    ) -> Result<Relay, RelayError> {
+    /// When `drain` fires, [`Relay::run`] drains and returns.
+    pub async fn start(config: RelayConfig, drain: CancellationToken) -> Result<Relay, RelayError> {
         let socket = ferry_transport::quic::udp_socket(config.listen)?;
         let bound = socket.local_addr().map_err(|source| RelayError::Bind {
             addr: config.listen,
@@ -136,26 +194,53 @@ impl Relay {
             cert_pem: cached.cert_pem.clone(),
             key_pem: cached.key_pem.clone(),
         };
-        let tls = ferry_certs::server_config(&cert, &[alpn::AGENT, alpn::CLIENT])?;
+        let tls = ferry_certs::relay_server_config(
+            &cert,
+            &cached.ca_pem,
+            &[alpn::AGENT, alpn::CLIENT, alpn::MESH],
+        )?;
         let endpoint = ferry_transport::quic::server_endpoint(
             socket,
             tls,
             &config.limits,
             config.token.as_bytes(),
         )?;
+        let mesh_tls = ferry_certs::mesh_client_config(&cert, &cached.ca_pem, &[alpn::MESH])?;
+        let mesh_config = ferry_transport::quic::client_config(mesh_tls, &Limits::mesh())?;
+        let admin = match config.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| RelayError::Admin { addr, source })?,
+            ),
+            None => None,
+        };
 
+        let stop = CancellationToken::new();
         let mut background = JoinSet::new();
+        // The reporter outlives the other tasks by a flush (see `run`): its own token.
+        let reporter_stop = CancellationToken::new();
         let (reporter, report_task) =
-            directory::reporter(control.clone(), config.token.clone(), cancel.clone());
+            directory::reporter(control.clone(), config.token.clone(), reporter_stop.clone());
         background.spawn(report_task);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
+            region: config.region.clone(),
             keys: RwLock::new(Arc::new(KeySet::new(cached.keys.clone()))),
             revoked: RwLock::new(cache::revoked_set(&cached.revoked)),
             agents: AgentTable::default(),
             directory: reporter,
             sessions: cache::Sessions::default(),
+            view: View::new(control.clone(), config.token.clone()),
+            mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
+            drain: Drain::default(),
+            go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),
         });
+        // Know the map before the first agent arrives, so its role is reported right.
+        if let Err(e) = shared.view.refresh_map().await {
+            tracing::warn!(error = %e, "no region map yet");
+        }
+        // Keys and revocations: one long-polled heartbeat, cached on disk.
         background.spawn(cache::sync(
             shared.clone(),
             control,
@@ -164,15 +249,37 @@ impl Relay {
             // A relay that started from its cache enrolls once the control plane is back.
             enrolled,
             cache_path.map(|p| (p, cached)),
-            cancel.clone(),
+            stop.clone(),
         ));
-        tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, "relay listening");
+        background.spawn(crate::view::refresh_loop(
+            shared.clone(),
+            config.refresh,
+            stop.clone(),
+        ));
+        let admin_addr = match admin {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                background.spawn(crate::admin::serve(shared.clone(), listener, stop.clone()));
+                addr
+            }
+            None => None,
+        };
+        tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, admin = ?admin_addr, "relay listening");
         Ok(Relay {
             endpoint,
             shared,
             background,
-            cancel,
+            drain,
+            stop,
+            reporter_stop,
+            drain_grace: config.drain_grace,
+            admin_addr,
         })
+    }
+
+    /// Where the admin port listens, if it does.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -186,35 +293,85 @@ impl Relay {
         self.shared.agents.len()
     }
 
-    /// Accepts connections until cancelled, then closes every connection.
+    /// Number of live outgoing mesh links.
+    pub fn mesh_links(&self) -> usize {
+        self.shared.mesh.live_links()
+    }
+
+    /// Accepts connections until the drain token fires, then drains: readiness false,
+    /// agents told to move, new client streams refused, open streams given the grace
+    /// period; returns as soon as they (and the agents) are gone.
     pub async fn run(mut self) {
         let mut connections = JoinSet::new();
+        let drained = drain(&self.shared, &self.drain, self.drain_grace);
+        tokio::pin!(drained);
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => break,
+                _ = &mut drained => break,
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
                     let shared = self.shared.clone();
-                    let cancel = self.cancel.clone();
+                    let stop = self.stop.clone();
                     connections.spawn(async move {
                         let remote = incoming.remote_address();
                         match incoming.await {
-                            Ok(conn) => serve_connection(shared, conn, cancel).await,
+                            Ok(conn) => serve_connection(shared, conn, stop).await,
                             Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
                         }
                     });
                 }
             }
         }
+        self.stop.cancel();
         self.endpoint
             .close(ErrorCode::Draining.to_u16().into(), b"relay shutting down");
         connections.shutdown().await;
+        // Every agent task has ended and queued its "left"; send them before exiting.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.shared.directory.flush()).await;
+        self.reporter_stop.cancel();
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.background.shutdown().await;
         tracing::info!(relay = %self.shared.name, "relay stopped");
     }
+}
+
+/// Waits for the drain signal, then for open streams (up to `grace`) and agents.
+async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration) {
+    signal.cancelled().await;
+    let started = tokio::time::Instant::now();
+    shared.drain.begin();
+    tracing::info!(
+        open_streams = shared.drain.open_streams(),
+        agents = shared.agents.len(),
+        ?grace,
+        "draining"
+    );
+    // Leave the region map now, so agents that move do not pick us again.
+    let beat = crate::view::beat(shared);
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        shared.view.control().post::<_, serde_json::Value>(
+            "/api/v1/relays/heartbeat",
+            Some(shared.view.token()),
+            &beat,
+        ),
+    )
+    .await;
+    if tokio::time::timeout(grace, shared.drain.idle())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open_streams = shared.drain.open_streams(),
+            "drain grace elapsed; cutting the remaining streams"
+        );
+        return;
+    }
+    let deadline = (started + grace).min(tokio::time::Instant::now() + AGENT_MOVE_WAIT);
+    let _ = tokio::time::timeout_at(deadline, shared.agents.empty()).await;
+    tracing::info!(agents_left = shared.agents.len(), "drained");
 }
 
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: CancellationToken) {
@@ -225,6 +382,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: 
     match protocol.as_deref() {
         Some(p) if p == alpn::AGENT => crate::clients::serve_agent(shared, conn, cancel).await,
         Some(p) if p == alpn::CLIENT => crate::clients::serve_client(shared, conn, cancel).await,
+        Some(p) if p == alpn::MESH => crate::mesh::serve_mesh(shared, conn, cancel).await,
         // rustls refuses a handshake with no common ALPN, so this is only a safety net.
         _ => conn.close(ErrorCode::Protocol.to_u16().into(), b"unknown ALPN"),
     }

@@ -25,6 +25,14 @@ pub const STREAM_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// agent's own connect timeout to the target, so the agent's reason wins.
 pub const AGENT_REPLY_TIMEOUT: Duration = Duration::from_secs(8);
 
+/// How long a relay waits for a mesh peer to answer a stream header it forwarded with
+/// hop count `hops`: longer than the peer's own wait further down the chain (its agent,
+/// or another hop), and at most 11 s, under the client's [`STREAM_REPLY_TIMEOUT`].
+pub fn mesh_reply_timeout(hops: u8) -> Duration {
+    let left = u32::from(ferry_proto::frame::MAX_HOPS.saturating_sub(hops)) + 1;
+    AGENT_REPLY_TIMEOUT + Duration::from_millis(1500) * left
+}
+
 /// Why a connection to a relay could not be established.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -85,6 +93,29 @@ pub async fn connect(
     let connecting = endpoint
         .connect(addr, server_name)
         .map_err(|source| DialError::Connect { addr, source })?;
+    finish_connect(connecting, addr, token).await
+}
+
+/// Like [`connect`], with a client configuration of its own (a relay's mesh links
+/// present a client certificate; the endpoint's default configuration does not).
+pub async fn connect_with(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    server_name: &str,
+    token: &str,
+) -> Result<Session, DialError> {
+    let connecting = endpoint
+        .connect_with(config, addr, server_name)
+        .map_err(|source| DialError::Connect { addr, source })?;
+    finish_connect(connecting, addr, token).await
+}
+
+async fn finish_connect(
+    connecting: quinn::Connecting,
+    addr: SocketAddr,
+    token: &str,
+) -> Result<Session, DialError> {
     let conn = tokio::time::timeout(HANDSHAKE_TIMEOUT, connecting)
         .await
         .map_err(|_| DialError::HandshakeTimeout { addr })?

@@ -41,6 +41,19 @@ impl Limits {
     }
 }
 
+impl Limits {
+    /// For relay-to-relay mesh links: a killed peer must be noticed within about a
+    /// second so that streams fail over to the standby. Frequent keep-alives cost a
+    /// few packets per second per link, and a relay has tens of links, not thousands.
+    pub fn mesh() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_millis(1200),
+            keep_alive: Duration::from_millis(250),
+            ..Limits::default()
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

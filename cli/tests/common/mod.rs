@@ -11,8 +11,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ferry_proto::api::{
-    CreateTokenRequest, CreateUserRequest, CreateWorkspaceRequest, MintTokenRequest,
-    MintTokenResponse, NewTokenResponse, RouteResponse, UserInfo, WorkspaceInfo,
+    CreateTokenRequest, CreateUserRequest, CreateWorkspaceRequest, DirectoryRecord,
+    DirectoryResponse, MintTokenRequest, MintTokenResponse, NewTokenResponse, RouteResponse,
+    UserInfo, WorkspaceInfo,
 };
 use ferry_proto::token::TokenKind;
 use ferry_transport::ControlClient;
@@ -95,6 +96,30 @@ pub async fn wait_for_json(path: &Path, timeout: Duration) -> Result<serde_json:
 /// Starts `ferry ARGS` with logs going to a file in `dir`.
 pub fn spawn_ferry(dir: &Path, log_name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(dir.join(format!("{log_name}.log"))).expect("log file");
+    spawn_ferry_logging(dir, log, args, envs)
+}
+
+/// Like [`spawn_ferry`], appending to the log (a restarted process keeps one log).
+pub fn spawn_ferry_appending(
+    dir: &Path,
+    log_name: &str,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{log_name}.log")))
+        .expect("log file");
+    spawn_ferry_logging(dir, log, args, envs)
+}
+
+fn spawn_ferry_logging(
+    dir: &Path,
+    log: std::fs::File,
+    args: &[&str],
+    envs: &[(&str, &str)],
+) -> Child {
     let mut cmd = Command::new(FERRY);
     cmd.args(args)
         .env("FERRY_LOG", "debug")
@@ -114,8 +139,15 @@ pub struct Relay {
     pub region: String,
     pub addr: SocketAddr,
     pub token: String,
+    /// The plain-HTTP admin port (/healthz, /readyz).
+    pub admin: SocketAddr,
     pub child: Child,
 }
+
+/// How often test relays and agents refresh the region map and directory: fast, so
+/// that churn settles within a test's patience.
+pub const TEST_RELAY_REFRESH_MS: &str = "250";
+pub const TEST_AGENT_REFRESH_MS: &str = "500";
 
 /// A control plane and its helpers.
 pub struct Network {
@@ -197,8 +229,19 @@ impl Network {
         region: &str,
         listen: &str,
     ) -> Result<SocketAddr> {
+        self.start_relay_with(name, region, listen, &[]).await
+    }
+
+    /// Like [`Network::start_relay`], with extra flags (e.g. `--drain-grace`).
+    pub async fn start_relay_with(
+        &mut self,
+        name: &str,
+        region: &str,
+        listen: &str,
+        extra: &[&str],
+    ) -> Result<SocketAddr> {
         let token = self.mint(TokenKind::Relay, name, None).await?;
-        self.start_relay_with_token(name, region, listen, &token)
+        self.start_relay_with_token(name, region, listen, &token, extra)
             .await
     }
 
@@ -210,42 +253,53 @@ impl Network {
         region: &str,
         listen: &str,
         token: &str,
+        extra: &[&str],
     ) -> Result<SocketAddr> {
         let ready = self.dir.0.join(format!("relay-{name}.json"));
         let _ = std::fs::remove_file(&ready);
+        // A restarted relay appends to its log, so one file tells the whole story.
+        let log_name = format!("relay-{name}");
         let cache = self.dir.0.join("relay-cache");
-        let child = spawn_ferry(
+        let mut args = vec![
+            "relay",
+            "--name",
+            name,
+            "--region",
+            region,
+            "--listen",
+            listen,
+            "--control",
+            &self.control_url,
+            "--ca",
+            self.ca_file.to_str().unwrap(),
+            "--cert-name",
+            "127.0.0.1",
+            "--cache-dir",
+            cache.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--refresh-ms",
+            TEST_RELAY_REFRESH_MS,
+        ];
+        args.extend_from_slice(extra);
+        let child = spawn_ferry_appending(
             &self.dir.0,
-            &format!("relay-{name}"),
-            &[
-                "relay",
-                "--name",
-                name,
-                "--region",
-                region,
-                "--listen",
-                listen,
-                "--control",
-                &self.control_url,
-                "--ca",
-                self.ca_file.to_str().unwrap(),
-                "--cert-name",
-                "127.0.0.1",
-                "--cache-dir",
-                cache.to_str().unwrap(),
-                "--ready-file",
-                ready.to_str().unwrap(),
-            ],
+            &log_name,
+            &args,
             &[("FERRY_RELAY_TOKEN", token)],
         );
         let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
         let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
+        let admin: SocketAddr = info["admin_addr"].as_str().context("admin")?.parse()?;
         self.relays.retain(|r| r.name != name);
         self.relays.push(Relay {
             name: name.to_string(),
             region: region.to_string(),
             addr,
             token: token.to_string(),
+            admin,
             child,
         });
         Ok(addr)
@@ -305,6 +359,69 @@ impl Network {
             .await?)
     }
 
+    pub fn relay(&self, name: &str) -> &Relay {
+        self.relays
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no relay {name}"))
+    }
+
+    /// Takes a relay out of the network's list (to kill or signal it).
+    pub fn take_relay(&mut self, name: &str) -> Relay {
+        let i = self
+            .relays
+            .iter()
+            .position(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no relay {name}"));
+        self.relays.remove(i)
+    }
+
+    /// The control plane's directory (admin view).
+    pub async fn directory(&self) -> Result<Vec<DirectoryRecord>> {
+        let resp: DirectoryResponse = self
+            .control_client()
+            .get("/api/v1/directory", Some(&self.admin_token))
+            .await?;
+        Ok(resp.workspaces)
+    }
+
+    /// Polls the directory until `workspace`'s agent is connected to exactly `relays`
+    /// (in any order).
+    pub async fn wait_for_placement(&self, workspace: &str, relays: &[&str]) -> Result<()> {
+        let mut want: Vec<&str> = relays.to_vec();
+        want.sort();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let dir = self.directory().await.unwrap_or_default();
+            let mut got: Vec<String> = dir
+                .iter()
+                .find(|r| r.workspace == workspace)
+                .map(|r| r.relays.clone())
+                .unwrap_or_default();
+            got.sort();
+            if got == want {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{workspace} is on {got:?}, expected {want:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Runs `ferry tcp` through the named relay first (`--relay`).
+    pub async fn ferry_tcp_via(
+        &self,
+        relay: &str,
+        token: &str,
+        workspace: &str,
+        target: &str,
+        input: &[u8],
+    ) -> Result<(bool, Vec<u8>, String)> {
+        self.ferry_tcp_env(token, workspace, target, input, &[("FERRY_RELAY", relay)])
+            .await
+    }
+
     /// Starts an agent process for `workspace` (NAME--OWNER), creating the workspace.
     pub async fn start_agent(&mut self, workspace: &str, extra: &[&str]) -> Result<()> {
         let token = self.agent_token(workspace).await?.token;
@@ -315,6 +432,9 @@ impl Network {
             "--ca",
             self.ca_file.to_str().unwrap(),
         ];
+        if !extra.contains(&"--refresh-ms") {
+            args.extend_from_slice(&["--refresh-ms", TEST_AGENT_REFRESH_MS]);
+        }
         args.extend_from_slice(extra);
         let child = spawn_ferry(
             &self.dir.0,
@@ -375,9 +495,22 @@ impl Network {
         target: &str,
         input: &[u8],
     ) -> Result<(bool, Vec<u8>, String)> {
+        self.ferry_tcp_env(token, workspace, target, input, &[])
+            .await
+    }
+
+    pub async fn ferry_tcp_env(
+        &self,
+        token: &str,
+        workspace: &str,
+        target: &str,
+        input: &[u8],
+        envs: &[(&str, &str)],
+    ) -> Result<(bool, Vec<u8>, String)> {
         let mut cmd = Command::new(FERRY);
         cmd.args(["tcp", workspace, target])
             .envs(self.client_env(token))
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -407,9 +540,20 @@ impl Network {
         workspace: &str,
         port: u16,
     ) -> Result<(Child, SocketAddr)> {
+        self.port_forward_env(token, workspace, port, &[]).await
+    }
+
+    pub async fn port_forward_env(
+        &self,
+        token: &str,
+        workspace: &str,
+        port: u16,
+        envs: &[(&str, &str)],
+    ) -> Result<(Child, SocketAddr)> {
         let mut cmd = Command::new(FERRY);
         cmd.args(["port-forward", workspace, &format!("0:{port}")])
             .envs(self.client_env(token))
+            .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -486,4 +630,38 @@ pub async fn one_relay_network(name: &str) -> Result<(Network, String)> {
     let user = net.mint(TokenKind::User, "dev", None).await?;
     net.wait_for_agent("demo--dev", &user).await?;
     Ok((net, user))
+}
+
+/// Sends SIGTERM to a child process.
+pub fn sigterm(child: &Child) {
+    let pid = child.id().expect("child still running");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -TERM {pid} failed");
+}
+
+/// `GET path` on a plain-HTTP admin port; returns the status code.
+pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = Vec::new();
+    tcp.read_to_end(&mut resp).await?;
+    let text = String::from_utf8_lossy(&resp);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    Ok(code)
+}
+
+/// Random bytes for payload checks.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut rng = fastrand::Rng::new();
+    (0..len).map(|_| rng.u8(..)).collect()
 }

@@ -45,6 +45,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/relays/register"),
     ("post", "/api/v1/relays/heartbeat"),
     ("post", "/api/v1/directory"),
+    ("get", "/api/v1/directory"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
     ("post", "/api/v1/users"),
@@ -236,7 +237,10 @@ pub fn router(state: Arc<State>) -> Router {
             // A relay's directory snapshot lists every agent on it.
             post(relays::heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
         )
-        .route("/api/v1/directory", post(relays::directory_update))
+        .route(
+            "/api/v1/directory",
+            post(relays::directory_update).get(relays::directory),
+        )
         .route("/api/v1/tokens", post(relays::mint_token))
         .route("/api/v1/tokens/{id}", delete(relays::revoke_token))
         .route(

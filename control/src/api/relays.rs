@@ -113,6 +113,8 @@ pub(crate) async fn register_relay(
         quic_addr: req.quic_addr,
         server_name: req.names[0].clone(),
         health: None,
+        // Assigned by the store on registration.
+        incarnation: 0,
     };
     let cert = state
         .register_relay(info, &req.names)
@@ -136,7 +138,11 @@ pub(crate) async fn heartbeat(
 ) -> ApiResult<HeartbeatResponse> {
     let claims = authorize(&state, &headers, &[TokenKind::Relay]).await?;
     let req = body(req)?;
-    if !state.store().heartbeat(&claims.sub, now()).await? {
+    if !state
+        .store()
+        .heartbeat(&claims.sub, now(), req.draining)
+        .await?
+    {
         return Err(ApiError::not_found(
             "unknown_relay",
             format!("relay `{}` is not enrolled; register it first", claims.sub),
@@ -166,7 +172,10 @@ pub(crate) async fn heartbeat(
             || state.stopping.is_cancelled()
         {
             // The relay was alive for the whole wait.
-            state.store().heartbeat(&claims.sub, now()).await?;
+            state
+                .store()
+                .heartbeat(&claims.sub, now(), req.draining)
+                .await?;
             return Ok(Json(HeartbeatResponse {
                 keys,
                 revoked,
@@ -254,7 +263,23 @@ pub(crate) async fn directory_update(
     let update = body(req)?;
     WorkspaceLabel::parse(&update.workspace).map_err(|e| ApiError::bad_request(e.to_string()))?;
     state
-        .update_directory(&claims.sub, &update.workspace, update.connected)
+        .update_directory(
+            &claims.sub,
+            &update.workspace,
+            update.connected,
+            update.standby,
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/directory`: every connected workspace, its home region and relays.
+pub(crate) async fn directory(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+) -> ApiResult<DirectoryResponse> {
+    authorize(&state, &headers, &[TokenKind::Relay, TokenKind::Admin]).await?;
+    Ok(Json(DirectoryResponse {
+        workspaces: state.directory().await?,
+    }))
 }

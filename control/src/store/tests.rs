@@ -178,12 +178,14 @@ async fn keys_relays_and_directory() {
             server_name: "127.0.0.1".into(),
             registered_at: 1,
             last_heartbeat: 1,
+            incarnation: 1,
+            draining: false,
         };
         store.upsert_relay(&relay).await.unwrap();
         relay.quic_addr = "127.0.0.1:2".into();
         store.upsert_relay(&relay).await.unwrap();
-        assert!(store.heartbeat("eu-1", 9).await.unwrap());
-        assert!(!store.heartbeat("us-1", 9).await.unwrap());
+        assert!(store.heartbeat("eu-1", 9, false).await.unwrap());
+        assert!(!store.heartbeat("us-1", 9, false).await.unwrap());
         let got = store.relay("eu-1").await.unwrap().unwrap();
         assert_eq!(
             (got.quic_addr.as_str(), got.last_heartbeat),
@@ -192,36 +194,48 @@ async fn keys_relays_and_directory() {
         );
         assert_eq!(store.relays().await.unwrap().len(), 1);
 
-        store.set_directory("w--x", "eu-1", 3).await.unwrap();
-        store.set_directory("w--x", "eu-2", 4).await.unwrap();
-        // The old relay's late "left" does not erase the new home.
-        store.clear_directory("w--x", "eu-1").await.unwrap();
+        // Draining sticks until the relay registers again (a new process).
+        assert!(store.heartbeat("eu-1", 10, true).await.unwrap());
+        assert!(store.heartbeat("eu-1", 11, false).await.unwrap());
+        assert!(store.relay("eu-1").await.unwrap().unwrap().draining, "{b}");
+        relay.incarnation = 2;
+        store.upsert_relay(&relay).await.unwrap();
+        let got = store.relay("eu-1").await.unwrap().unwrap();
+        assert!(!got.draining, "{b}");
+        assert_eq!(got.incarnation, 2, "{b}");
+
+        let dir = |v: Vec<String>| v;
+        // An agent holds its owner and a standby; the owner comes first.
+        store.set_directory("w--x", "eu-2", true, 3).await.unwrap();
+        store.set_directory("w--x", "eu-1", false, 4).await.unwrap();
         assert_eq!(
-            store.directory("w--x").await.unwrap().as_deref(),
-            Some("eu-2"),
+            dir(store.directory("w--x").await.unwrap()),
+            ["eu-1", "eu-2"],
             "{b}"
         );
+        // Each relay's "left" clears only its own entry.
+        store.clear_directory("w--x", "eu-1").await.unwrap();
+        assert_eq!(store.directory("w--x").await.unwrap(), ["eu-2"], "{b}");
         store.clear_directory("w--x", "eu-2").await.unwrap();
-        assert_eq!(store.directory("w--x").await.unwrap(), None);
+        assert!(store.directory("w--x").await.unwrap().is_empty());
 
         // A relay's snapshot replaces its own entries only.
-        store.set_directory("a--x", "eu-1", 5).await.unwrap();
-        store.set_directory("b--x", "eu-2", 5).await.unwrap();
+        store.set_directory("a--x", "eu-1", false, 5).await.unwrap();
+        store.set_directory("b--x", "eu-2", false, 5).await.unwrap();
         store
             .replace_directory("eu-1", &["c--x".into(), "b--x".into()], 6)
             .await
             .unwrap();
-        assert_eq!(store.directory("a--x").await.unwrap(), None, "{b}");
+        assert!(store.directory("a--x").await.unwrap().is_empty(), "{b}");
         assert_eq!(
-            store.directory("b--x").await.unwrap().as_deref(),
-            Some("eu-1")
+            store.directory("b--x").await.unwrap(),
+            ["eu-1", "eu-2"],
+            "{b}"
         );
-        assert_eq!(
-            store.directory("c--x").await.unwrap().as_deref(),
-            Some("eu-1")
-        );
+        assert_eq!(store.directory("c--x").await.unwrap(), ["eu-1"], "{b}");
+        assert_eq!(store.directory_all().await.unwrap().len(), 3, "{b}");
         store.replace_directory("eu-1", &[], 7).await.unwrap();
-        assert_eq!(store.directory("c--x").await.unwrap(), None);
+        assert!(store.directory("c--x").await.unwrap().is_empty());
         store.close().await;
     }
 }

@@ -1,0 +1,258 @@
+//! The regional mesh over real processes: three relays in `eu`, two in `us`, an agent
+//! homed in `eu` on its ring owner with a standby, and streams entering through every
+//! relay. Payloads are random and checked byte for byte.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use ferry_proto::token::TokenKind;
+
+const WORKSPACE: &str = "demo--dev";
+
+/// The placement every process computes: (owner, standby, the third eu relay).
+fn eu_placement(workspace: &str) -> (String, String, String) {
+    let ring = ferry_ring::Ring::new(["eu-1", "eu-2", "eu-3"]);
+    let order = ring.successors(workspace);
+    (
+        order[0].to_string(),
+        order[1].to_string(),
+        order[2].to_string(),
+    )
+}
+
+/// Three relays in eu, two in us, the demo agent homed in eu on owner + standby.
+async fn mesh_network(name: &str) -> anyhow::Result<(Network, String)> {
+    let mut net = Network::start(name).await?;
+    for (relay, region) in [
+        ("eu-1", "eu"),
+        ("eu-2", "eu"),
+        ("eu-3", "eu"),
+        ("us-1", "us"),
+        ("us-2", "us"),
+    ] {
+        net.start_relay(relay, region, "127.0.0.1:0").await?;
+    }
+    net.start_agent(WORKSPACE, &["--region", "eu"]).await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let (owner, standby, _) = eu_placement(WORKSPACE);
+    net.wait_for_placement(WORKSPACE, &[&owner, &standby])
+        .await?;
+    Ok((net, user))
+}
+
+async fn echo_through(
+    net: &Network,
+    relay: &str,
+    user: &str,
+    port: u16,
+    payload: &[u8],
+) -> anyhow::Result<()> {
+    let (ok, out, err) = net
+        .ferry_tcp_via(relay, user, "demo", &port.to_string(), payload)
+        .await?;
+    anyhow::ensure!(ok, "via {relay}: {err}");
+    anyhow::ensure!(
+        out == payload,
+        "via {relay}: {} bytes back for {} sent, or corrupted",
+        out.len(),
+        payload.len()
+    );
+    Ok(())
+}
+
+fn log_of(net: &Network, relay: &str) -> String {
+    std::fs::read_to_string(net.dir.0.join(format!("relay-{relay}.log"))).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_path_local_same_region_and_cross_region_is_byte_exact() -> anyhow::Result<()> {
+    let (net, user) = mesh_network("mesh-paths").await?;
+    let echo = echo_server().await;
+    let (owner, standby, other) = eu_placement(WORKSPACE);
+    let payload = random_bytes(256 * 1024);
+
+    // Local: the owner serves from its own agent connection.
+    echo_through(&net, &owner, &user, echo, &payload).await?;
+    // The standby holds the agent too and serves locally.
+    echo_through(&net, &standby, &user, echo, &payload).await?;
+    // Same region: the third eu relay forwards one hop to the owner.
+    echo_through(&net, &other, &user, echo, &payload).await?;
+    // Cross region: us relays forward to the owner in eu.
+    echo_through(&net, "us-1", &user, echo, &payload).await?;
+    echo_through(&net, "us-2", &user, echo, &payload).await?;
+
+    // The owner saw forwarded streams (one hop) and served them from its agent.
+    let owner_log = log_of(&net, &owner);
+    assert!(
+        owner_log.contains("hops=1"),
+        "owner {owner} never served a forwarded stream"
+    );
+    // Mesh links are mutual TLS: every relay accepted links from its peers.
+    for relay in ["eu-1", "eu-2", "eu-3"] {
+        assert!(
+            log_of(&net, relay).contains("mesh link accepted"),
+            "{relay} accepted no mesh link"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_fails_over_to_the_standby_within_seconds() -> anyhow::Result<()> {
+    let (mut net, user) = mesh_network("mesh-failover").await?;
+    let echo = echo_server().await;
+    let (owner, _standby, other) = eu_placement(WORKSPACE);
+    let payload = random_bytes(64 * 1024);
+    echo_through(&net, &other, &user, echo, &payload).await?;
+
+    let mut killed = net.take_relay(&owner);
+    let t0 = Instant::now();
+    killed.child.kill().await?;
+    killed.child.wait().await?;
+    // New streams through the same-region relay: served via the standby once the
+    // mesh notices the owner is gone.
+    let mut attempts = 0;
+    let failover = loop {
+        attempts += 1;
+        let (ok, out, _) = net
+            .ferry_tcp_via(&other, &user, "demo", &echo.to_string(), b"ping")
+            .await?;
+        if ok && out == b"ping" {
+            break t0.elapsed();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no failover after 20s"
+        );
+    };
+    println!("SIGKILL failover: first stream served via the standby after {failover:?} ({attempts} attempts)");
+    assert!(
+        failover < Duration::from_secs(5),
+        "failover took {failover:?}"
+    );
+
+    // Every remaining path, byte for byte, through the standby.
+    for relay in [other.as_str(), "us-1", "us-2"] {
+        echo_through(&net, relay, &user, echo, &payload).await?;
+    }
+    // A client told to use the dead relay moves on to another one.
+    let (ok, out, err) = net
+        .ferry_tcp_via(&owner, &user, "demo", &echo.to_string(), &payload)
+        .await?;
+    assert!(ok && out == payload, "via the dead relay first: {err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
+    let mut net = Network::start("mesh-churn").await?;
+    net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    net.start_relay("eu-2", "eu", "127.0.0.1:0").await?;
+    let workspaces: Vec<String> = (0..4).map(|i| format!("w{i}--dev")).collect();
+    for w in &workspaces {
+        net.start_agent(w, &["--region", "eu"]).await?;
+    }
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let echo = echo_server().await;
+    let settle = |relays: &'static [&'static str]| {
+        let ring = ferry_ring::Ring::new(relays.iter().copied());
+        workspaces
+            .iter()
+            .map(|w| {
+                let order = ring.successors(w);
+                (w.clone(), vec![order[0].to_string(), order[1].to_string()])
+            })
+            .collect::<Vec<_>>()
+    };
+    for (w, relays) in settle(&["eu-1", "eu-2"]) {
+        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
+            .await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+
+    // A relay joins: agents whose placement now includes it move there.
+    net.start_relay("eu-3", "eu", "127.0.0.1:0").await?;
+    let three = settle(&["eu-1", "eu-2", "eu-3"]);
+    let moved = three
+        .iter()
+        .filter(|(_, r)| r.contains(&"eu-3".to_string()))
+        .count();
+    println!(
+        "eu-3 joined: {moved} of {} workspaces placed on it",
+        three.len()
+    );
+    for (w, relays) in &three {
+        net.wait_for_placement(w, &[&relays[0], &relays[1]]).await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+
+    // It leaves (drained): they move back.
+    let leaving = net.take_relay("eu-3");
+    sigterm(&leaving.child);
+    let mut child = leaving.child;
+    let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    assert!(exit.success());
+    for (w, relays) in settle(&["eu-1", "eu-2"]) {
+        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
+            .await?;
+    }
+    check_all(&net, &user, &workspaces, echo).await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_link_without_a_client_certificate_is_refused() -> anyhow::Result<()> {
+    let mut net = Network::start("mesh-mtls").await?;
+    let addr = net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    // A relay token, but no client certificate: the token alone must not open the mesh.
+    let token = net.mint(TokenKind::Relay, "intruder", None).await?;
+    let ca = std::fs::read_to_string(&net.ca_file)?;
+    let tls = ferry_certs::client_config(&ca, &[ferry_proto::alpn::MESH])?;
+    let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Default::default())?;
+    let result = ferry_transport::dial::connect(&endpoint, addr, "127.0.0.1", &token).await;
+    assert!(
+        result.is_err(),
+        "a mesh link without a certificate was accepted"
+    );
+    let log = log_of(&net, "eu-1");
+    assert!(
+        log.contains("mesh link without a client certificate refused"),
+        "relay did not say why"
+    );
+    Ok(())
+}
+
+/// Every workspace answers, byte for byte.
+async fn check_all(
+    net: &Network,
+    user: &str,
+    workspaces: &[String],
+    echo: u16,
+) -> anyhow::Result<()> {
+    for w in workspaces {
+        let payload = random_bytes(8 * 1024);
+        let (ok, out, err) = net.ferry_tcp(user, w, &echo.to_string(), &payload).await?;
+        anyhow::ensure!(ok && out == payload, "{w}: {err}");
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_keeps_routing_while_the_control_plane_is_down() -> anyhow::Result<()> {
+    let (mut net, user) = mesh_network("mesh-control-down").await?;
+    let echo = echo_server().await;
+    let (_, _, other) = eu_placement(WORKSPACE);
+    let payload = random_bytes(32 * 1024);
+    // Warms the CLI's region map cache and the relays' directory caches.
+    echo_through(&net, &other, &user, echo, &payload).await?;
+    echo_through(&net, "us-1", &user, echo, &payload).await?;
+
+    net.control.kill().await?;
+    net.control.wait().await?;
+    for relay in [other.as_str(), "us-1", "us-2"] {
+        echo_through(&net, relay, &user, echo, &payload).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! Routing one data stream: serve it from a local agent connection, or forward it over
+//! the mesh to the relays that should hold the workspace's agent.
+//!
+//! The candidates are the relays of the workspace's home region in ring order from
+//! its label (owner, standby, then the rest), minus this relay and the peer the stream
+//! came from. Each forward adds a hop; a stream that has taken
+//! [`MAX_HOPS`](ferry_proto::frame::MAX_HOPS) hops is served locally or refused, so a
+//! stream can never loop. A candidate that is unreachable, or answers that it has no
+//! agent or is draining, is skipped for the next one: that is how streams fail over to
+//! the standby when an owner dies or moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::frame::MAX_HOPS;
+use ferry_proto::{ErrorCode, ErrorFrame, Reply, StreamHeader};
+use ferry_transport::dial::{self, StreamError};
+use ferry_transport::frame_io::{read_frame, write_frame};
+use quinn::{RecvStream, SendStream};
+
+use crate::server::Shared;
+
+/// How long a peer may take to send a stream header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many mesh peers are tried for one stream.
+const MAX_CANDIDATES: usize = 3;
+
+/// Where a stream came from.
+#[derive(Debug, Clone)]
+pub(crate) enum Origin {
+    /// A developer's CLI, authenticated as `user`.
+    Client { user: String },
+    /// Another relay, which already checked the user.
+    Mesh { peer: String },
+}
+
+/// Refuses a stream with a typed error and ends it.
+pub(crate) async fn refuse(mut send: SendStream, mut recv: RecvStream, frame: ErrorFrame) {
+    tracing::debug!(code = %frame.code, reason = %frame.message, "stream refused");
+    let _ = write_frame(&mut send, &Reply::Error(frame)).await;
+    let _ = send.finish();
+    let _ = recv.stop(ferry_transport::splice::ABORTED);
+}
+
+/// Reads a stream's header and routes it.
+pub(crate) async fn serve_stream(
+    shared: Arc<Shared>,
+    origin: Origin,
+    send: SendStream,
+    mut recv: RecvStream,
+) {
+    let _open = shared.drain.stream();
+    let header =
+        match tokio::time::timeout(HEADER_TIMEOUT, read_frame::<StreamHeader>(&mut recv)).await {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                let frame = ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"));
+                return refuse(send, recv, frame).await;
+            }
+            Err(_) => {
+                let frame = ErrorFrame::new(ErrorCode::Protocol, "no stream header within 10s");
+                return refuse(send, recv, frame).await;
+            }
+        };
+    let workspace = header.workspace.clone();
+    let from_peer = match &origin {
+        Origin::Client { user } => {
+            // Another user's workspace is refused exactly like one that does not exist.
+            if workspace.owner() != user {
+                let frame = ErrorFrame::new(
+                    ErrorCode::UnknownWorkspace,
+                    format!("workspace `{workspace}` does not exist or is not yours"),
+                );
+                return refuse(send, recv, frame).await;
+            }
+            if shared.drain.is_draining() {
+                let frame = ErrorFrame::new(
+                    ErrorCode::Draining,
+                    format!("relay {} is draining; retry on another relay", shared.name),
+                );
+                return refuse(send, recv, frame).await;
+            }
+            None
+        }
+        Origin::Mesh { peer } => Some(peer.as_str()),
+    };
+    match open_upstream(&shared, &header, from_peer).await {
+        Ok(upstream) => {
+            let mut send = send;
+            if write_frame(&mut send, &Reply::Ok).await.is_err() {
+                return;
+            }
+            let stats = ferry_transport::splice::quic_with_quic((send, recv), upstream).await;
+            tracing::debug!(%workspace, target = %header.target, hops = header.hops, up = stats.forward, down = stats.backward, "stream done");
+        }
+        Err(frame) => refuse(send, recv, frame).await,
+    }
+}
+
+/// Opens the stream towards the agent: locally, or through the mesh.
+async fn open_upstream(
+    shared: &Shared,
+    header: &StreamHeader,
+    from_peer: Option<&str>,
+) -> Result<(SendStream, RecvStream), ErrorFrame> {
+    let workspace = &header.workspace;
+    let draining = shared.drain.is_draining();
+    // A draining relay prefers to hand streams on, so that its agents can leave.
+    if !draining {
+        if let Some(streams) = open_local(shared, header).await? {
+            return Ok(streams);
+        }
+    }
+    let mut tried = Vec::new();
+    if header.hops < MAX_HOPS {
+        match shared.view.home_region(workspace.as_str()).await {
+            Some(region) => {
+                let candidates = shared
+                    .view
+                    .map()
+                    .successors(&region, workspace.as_str())
+                    .into_iter()
+                    .filter(|r| r.name != shared.name && Some(r.name.as_str()) != from_peer)
+                    .take(MAX_CANDIDATES);
+                let mut forwarded = header.clone();
+                forwarded.hops = header.hops + 1;
+                for peer in candidates {
+                    match forward(shared, &peer, &forwarded).await {
+                        Ok(streams) => return Ok(streams),
+                        Err(Hop::Final(frame)) => return Err(frame),
+                        Err(Hop::Next(why)) => {
+                            tracing::debug!(peer = %peer.name, %why, "candidate skipped");
+                            tried.push(format!("{}: {why}", peer.name));
+                        }
+                    }
+                }
+            }
+            None => tried.push("the directory knows no connected agent".into()),
+        }
+    } else {
+        tried.push(format!("the stream already took {MAX_HOPS} relay hops"));
+    }
+    if draining {
+        if let Some(streams) = open_local(shared, header).await? {
+            return Ok(streams);
+        }
+    }
+    let detail = if tried.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", tried.join("; "))
+    };
+    Err(ErrorFrame::new(
+        ErrorCode::AgentNotConnected,
+        format!(
+            "workspace `{workspace}` has no connected agent reachable from relay {}{detail}",
+            shared.name
+        ),
+    ))
+}
+
+/// The local agent's answer: `Ok(None)` when it is not here (or its connection just
+/// died), a refusal when the agent itself refused (bad port, target down).
+async fn open_local(
+    shared: &Shared,
+    header: &StreamHeader,
+) -> Result<Option<(SendStream, RecvStream)>, ErrorFrame> {
+    let Some(agent) = shared.agents.get(&header.workspace) else {
+        return Ok(None);
+    };
+    match dial::open_stream(&agent.conn, header, dial::AGENT_REPLY_TIMEOUT).await {
+        Ok(streams) => Ok(Some(streams)),
+        // The agent on a connection it is leaving says so; try elsewhere.
+        Err(StreamError::Refused(frame)) if frame.code == ErrorCode::Draining => Ok(None),
+        Err(StreamError::Refused(frame)) => Err(frame),
+        Err(StreamError::Timeout(after)) => Err(ErrorFrame::new(
+            ErrorCode::AgentNotConnected,
+            format!(
+                "workspace `{}`: the agent did not answer within {after:?} (it may have just disconnected)",
+                header.workspace
+            ),
+        )),
+        Err(e) => {
+            tracing::debug!(error = %e, "local agent connection failed; trying the mesh");
+            Ok(None)
+        }
+    }
+}
+
+enum Hop {
+    /// Give the client this answer.
+    Final(ErrorFrame),
+    /// Try the next candidate.
+    Next(String),
+}
+
+async fn forward(
+    shared: &Shared,
+    peer: &ferry_proto::api::RelayInfo,
+    header: &StreamHeader,
+) -> Result<(SendStream, RecvStream), Hop> {
+    let conn = shared
+        .mesh
+        .link(peer)
+        .await
+        .map_err(|e| Hop::Next(e.to_string()))?;
+    match dial::open_stream(&conn, header, dial::mesh_reply_timeout(header.hops)).await {
+        Ok(streams) => Ok(streams),
+        Err(StreamError::Refused(frame)) => match frame.code {
+            ErrorCode::AgentNotConnected | ErrorCode::Draining | ErrorCode::Overloaded => {
+                Err(Hop::Next(frame.to_string()))
+            }
+            _ => Err(Hop::Final(frame)),
+        },
+        Err(e) => Err(Hop::Next(e.to_string())),
+    }
+}
