@@ -254,5 +254,38 @@ async fn the_mesh_keeps_routing_while_the_control_plane_is_down() -> anyhow::Res
     for relay in [other.as_str(), "us-1", "us-2"] {
         echo_through(&net, relay, &user, echo, &payload).await?;
     }
+
+    // A relay restarted during the outage starts from its on-disk cache (keys, region
+    // map, directory) and forwards to the owner like before.
+    let restarted = net.take_relay(&other);
+    let (addr, token) = (restarted.addr, restarted.token.clone());
+    let mut child = restarted.child;
+    child.kill().await?;
+    child.wait().await?;
+    net.start_relay_with_token(&other, "eu", &addr.to_string(), &token, &[])
+        .await?;
+    // Straight at that relay, so that no retry elsewhere can hide a failure.
+    let ca = std::fs::read_to_string(&net.ca_file)?;
+    let tls = ferry_certs::client_config(&ca, &[ferry_proto::alpn::CLIENT])?;
+    let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Default::default())?;
+    let session = ferry_transport::dial::connect(&endpoint, addr, "127.0.0.1", &user).await?;
+    let header = ferry_proto::StreamHeader::new(
+        ferry_proto::WorkspaceLabel::parse(WORKSPACE)?,
+        ferry_proto::Target::Port(echo),
+    );
+    let (mut send, mut recv) = ferry_transport::dial::open_stream(
+        &session.conn,
+        &header,
+        ferry_transport::dial::STREAM_REPLY_TIMEOUT,
+    )
+    .await?;
+    send.write_all(&payload).await?;
+    send.finish()?;
+    let back = tokio::time::timeout(Duration::from_secs(20), recv.read_to_end(1 << 20)).await??;
+    assert!(
+        back == payload,
+        "{} bytes back through the restarted relay",
+        back.len()
+    );
     Ok(())
 }

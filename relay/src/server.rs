@@ -231,7 +231,14 @@ impl Relay {
             agents: AgentTable::default(),
             directory: reporter,
             sessions: cache::Sessions::default(),
-            view: View::new(control.clone(), config.token.clone()),
+            view: View::new(
+                control.clone(),
+                config.token.clone(),
+                config
+                    .cache_dir
+                    .as_ref()
+                    .map(|dir| dir.join(format!("view-{}.json", config.name))),
+            ),
             mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
             drain: Drain::default(),
             go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),

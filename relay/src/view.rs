@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use ferry_proto::api::{DirectoryResponse, HeartbeatRequest, RegionsResponse, RelayInfo};
+use ferry_proto::api::{DirectoryResponse, HeartbeatRequest, Region, RegionsResponse, RelayInfo};
 use ferry_ring::RegionMap;
 use ferry_transport::{ControlClient, ControlError};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,38 @@ pub(crate) struct View {
     map: RwLock<Arc<RegionMap>>,
     homes: RwLock<Arc<HashMap<String, String>>>,
     last_miss_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// Where the view is kept on disk, so that a relay restarted while the control
+    /// plane is down still knows its peers and where workspaces live.
+    disk: Option<std::sync::Mutex<DiskView>>,
+}
+
+/// The view as saved on disk: what the control plane last said.
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+struct SavedView {
+    regions: Vec<Region>,
+    homes: HashMap<String, String>,
+}
+
+struct DiskView {
+    path: std::path::PathBuf,
+    saved: SavedView,
+}
+
+impl DiskView {
+    /// Records a change and writes the file (atomically) when something changed.
+    fn update(&mut self, change: impl FnOnce(&mut SavedView) -> bool) {
+        if !change(&mut self.saved) {
+            return;
+        }
+        let write = || -> std::io::Result<()> {
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(&tmp, serde_json::to_vec(&self.saved).unwrap_or_default())?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot save the region map and directory");
+        }
+    }
 }
 
 fn read<T: Clone>(lock: &RwLock<T>) -> T {
@@ -33,13 +65,38 @@ fn read<T: Clone>(lock: &RwLock<T>) -> T {
 }
 
 impl View {
-    pub fn new(control: ControlClient, token: String) -> View {
+    /// A view that starts from `cache_file` when it exists, and keeps it up to date.
+    pub fn new(
+        control: ControlClient,
+        token: String,
+        cache_file: Option<std::path::PathBuf>,
+    ) -> View {
+        let disk = cache_file.map(|path| {
+            let saved: SavedView = std::fs::read(&path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                .unwrap_or_default();
+            DiskView { path, saved }
+        });
+        let (map, homes) = match &disk {
+            Some(d) => (RegionMap::new(&d.saved.regions), d.saved.homes.clone()),
+            None => (RegionMap::default(), HashMap::new()),
+        };
         View {
             control,
             token,
-            map: RwLock::default(),
-            homes: RwLock::default(),
+            map: RwLock::new(Arc::new(map)),
+            homes: RwLock::new(Arc::new(homes)),
             last_miss_refresh: tokio::sync::Mutex::new(None),
+            disk: disk.map(std::sync::Mutex::new),
+        }
+    }
+
+    fn save(&self, change: impl FnOnce(&mut SavedView) -> bool) {
+        if let Some(disk) = &self.disk {
+            disk.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .update(change);
         }
     }
 
@@ -62,6 +119,12 @@ impl View {
             .await?;
         *self.map.write().unwrap_or_else(|p| p.into_inner()) =
             Arc::new(RegionMap::new(&regions.regions));
+        self.save(|saved| {
+            let changed = serde_json::to_value(&saved.regions).ok()
+                != serde_json::to_value(&regions.regions).ok();
+            saved.regions = regions.regions;
+            changed
+        });
         Ok(())
     }
 
@@ -70,12 +133,17 @@ impl View {
             .control
             .get("/api/v1/directory", Some(&self.token))
             .await?;
-        let homes = dir
+        let homes: HashMap<String, String> = dir
             .workspaces
             .into_iter()
             .map(|r| (r.workspace, r.region))
             .collect();
-        *self.homes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(homes);
+        *self.homes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(homes.clone());
+        self.save(|saved| {
+            let changed = saved.homes != homes;
+            saved.homes = homes;
+            changed
+        });
         Ok(())
     }
 
