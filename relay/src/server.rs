@@ -106,6 +106,8 @@ pub enum RelayError {
 /// What connection and stream tasks share.
 pub(crate) struct Shared {
     pub name: String,
+    /// Concurrent streams a client or mesh peer may open.
+    pub stream_allowance: u32,
     pub region: String,
     pub keys: RwLock<Arc<KeySet>>,
     /// Token ids (`jti`) the control plane revoked.
@@ -199,10 +201,18 @@ impl Relay {
             &cached.ca_pem,
             &[alpn::AGENT, alpn::CLIENT, alpn::MESH],
         )?;
+        // Every connection starts with room for its hello alone: quinn sizes a
+        // connection's stream state by this limit, and agents (most connections, and
+        // idle) never open another stream. Clients and mesh peers get their full
+        // allowance once their ALPN is known (see `serve_connection`).
+        let handshake_limits = Limits {
+            max_incoming_streams: HELLO_STREAMS,
+            ..config.limits.clone()
+        };
         let endpoint = ferry_transport::quic::server_endpoint(
             socket,
             tls,
-            &config.limits,
+            &handshake_limits,
             config.token.as_bytes(),
         )?;
         let mesh_tls = ferry_certs::mesh_client_config(&cert, &cached.ca_pem, &[alpn::MESH])?;
@@ -225,6 +235,7 @@ impl Relay {
         background.spawn(report_task);
         let shared = Arc::new(Shared {
             name: config.name.clone(),
+            stream_allowance: config.limits.max_incoming_streams,
             region: config.region.clone(),
             keys: RwLock::new(Arc::new(KeySet::new(cached.keys.clone()))),
             revoked: RwLock::new(cache::revoked_set(&cached.revoked)),
@@ -381,11 +392,17 @@ async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration
     tracing::info!(agents_left = shared.agents.len(), "drained");
 }
 
+/// Streams any peer may open before its ALPN is known: the hello, and spare room.
+const HELLO_STREAMS: u32 = 4;
+
 async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: CancellationToken) {
     let protocol = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
+    if matches!(protocol.as_deref(), Some(p) if p == alpn::CLIENT || p == alpn::MESH) {
+        conn.set_max_concurrent_bi_streams(shared.stream_allowance.into());
+    }
     match protocol.as_deref() {
         Some(p) if p == alpn::AGENT => crate::clients::serve_agent(shared, conn, cancel).await,
         Some(p) if p == alpn::CLIENT => crate::clients::serve_client(shared, conn, cancel).await,
