@@ -62,6 +62,15 @@ async fn sigterm_drains_the_relay_and_finishes_open_streams() -> anyhow::Result<
     let admin = net.relay(&owner).admin;
     assert_eq!(http_status(admin, "/readyz").await?, 200);
     assert_eq!(http_status(admin, "/healthz").await?, 200);
+    // The relay never serves (or proxies) the control plane's API or dashboard.
+    for path in [
+        "/api/v1/keys",
+        "/api/v1/regions",
+        "/api/v1/openapi.json",
+        "/",
+    ] {
+        assert_eq!(http_status(admin, path).await?, 404, "{path}");
+    }
 
     // A port-forward connected through the owner, with a stream open before the drain.
     let (mut forward_child, forward) = net
