@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::client::Echo;
 use crate::paths::{Paths, State};
-use crate::report::{self, fmt_opt, Entry, Report, Table};
+use crate::report::{self, fmt_opt, Report, Table};
 use crate::stats::Latency;
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,14 +112,7 @@ pub async fn run(
     }
     report::print_unmeasured(paths);
 
-    let mut entries = BTreeMap::new();
-    for path in &paths.list {
-        let entry = match report::unmeasured(&path.state) {
-            Some(entry) => entry,
-            None => Entry::Ok(results.remove(path.key).expect("measured")),
-        };
-        entries.insert(path.key, entry);
-    }
+    let entries = report::entries(paths, results);
     let report = Report {
         bench: "latency",
         unix_time: time,

@@ -74,6 +74,24 @@ pub fn unmeasured<T>(state: &State) -> Option<Entry<T>> {
     }
 }
 
+/// One entry per path for the JSON report: the measured result, or why there is none.
+pub fn entries<T>(
+    paths: &Paths,
+    mut results: std::collections::BTreeMap<&str, T>,
+) -> std::collections::BTreeMap<&'static str, Entry<T>> {
+    paths
+        .list
+        .iter()
+        .map(|path| {
+            let entry = match unmeasured(&path.state) {
+                Some(entry) => entry,
+                None => Entry::Ok(results.remove(path.key).expect("a ready path was measured")),
+            };
+            (path.key, entry)
+        })
+        .collect()
+}
+
 /// Prints the setup problems of paths that could not be measured, one line each.
 pub fn print_unmeasured(paths: &Paths) {
     for path in &paths.list {

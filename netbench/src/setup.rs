@@ -328,14 +328,7 @@ pub async fn run(
     }
     report::print_unmeasured(paths);
 
-    let mut entries = BTreeMap::new();
-    for path in &paths.list {
-        let entry = match report::unmeasured(&path.state) {
-            Some(entry) => entry,
-            None => Entry::Ok(results.remove(path.key).expect("measured")),
-        };
-        entries.insert(path.key, entry);
-    }
+    let entries = report::entries(paths, results);
     let report = Report {
         bench: "setup",
         unix_time: time,

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::client;
 use crate::cpu;
 use crate::paths::{Paths, State};
-use crate::report::{self, fmt_opt, ratio, Entry, Report, Table};
+use crate::report::{self, fmt_opt, ratio, Report, Table};
 use crate::stats::{gbps, median};
 
 #[derive(Debug, Clone, Serialize)]
@@ -241,14 +241,7 @@ pub async fn run(
     let comparison = compare(&results);
     print(paths, settings, &results, &comparison);
 
-    let mut entries = BTreeMap::new();
-    for path in &paths.list {
-        let entry = match report::unmeasured(&path.state) {
-            Some(entry) => entry,
-            None => Entry::Ok(results.remove(path.key).expect("measured")),
-        };
-        entries.insert(path.key, entry);
-    }
+    let entries = report::entries(paths, results);
     let report = Report {
         bench: "throughput",
         unix_time: time,

@@ -8,7 +8,6 @@ use ferry_proto::token::TokenKind;
 use ferry_proto::{ErrorCode, ErrorFrame, Hello, Notice, Reply, WorkspaceLabel};
 use ferry_transport::frame_io::{read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -126,22 +125,8 @@ pub async fn serve_client(shared: Arc<Shared>, conn: Connection, stop: Cancellat
         return;
     };
     let span = tracing::info_span!("client", %user, remote = %conn.remote_address());
-    async {
-        let mut streams = JoinSet::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                Some(_) = streams.join_next(), if !streams.is_empty() => {}
-                accepted = conn.accept_bi() => {
-                    let Ok((send, recv)) = accepted else { break };
-                    let origin = crate::routing::Origin::Client { user: user.clone() };
-                    streams.spawn(crate::routing::serve_stream(shared.clone(), origin, send, recv).in_current_span());
-                }
-            }
-        }
-        streams.shutdown().await;
-    }
-    .instrument(span)
-    .await
+    let origin = crate::routing::Origin::Client { user: user.clone() };
+    crate::routing::accept_streams(shared, &conn, origin, &stop)
+        .instrument(span)
+        .await
 }

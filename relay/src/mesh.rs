@@ -18,7 +18,6 @@ use ferry_proto::token::TokenKind;
 use ferry_proto::ErrorCode;
 use ferry_transport::dial::{self, DialError};
 use quinn::Connection;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -160,20 +159,8 @@ pub(crate) async fn serve_mesh(shared: Arc<Shared>, conn: Connection, stop: Canc
     let span = tracing::info_span!("mesh", %peer, remote = %conn.remote_address());
     async {
         tracing::debug!("mesh link accepted");
-        let mut streams = JoinSet::new();
-        loop {
-            tokio::select! {
-                biased;
-                _ = stop.cancelled() => break,
-                Some(_) = streams.join_next(), if !streams.is_empty() => {}
-                accepted = conn.accept_bi() => {
-                    let Ok((send, recv)) = accepted else { break };
-                    let origin = crate::routing::Origin::Mesh { peer: peer.clone() };
-                    streams.spawn(crate::routing::serve_stream(shared.clone(), origin, send, recv).in_current_span());
-                }
-            }
-        }
-        streams.shutdown().await;
+        let origin = crate::routing::Origin::Mesh { peer: peer.clone() };
+        crate::routing::accept_streams(shared, &conn, origin, &stop).await
     }
     .instrument(span)
     .await

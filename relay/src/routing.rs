@@ -25,6 +25,30 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// At most this many mesh peers are tried for one stream.
 const MAX_CANDIDATES: usize = 3;
 
+/// Accepts a connection's streams until it ends or `stop` fires, routing each as
+/// coming from `origin`. Stream tasks are owned here and stopped with the connection.
+pub(crate) async fn accept_streams(
+    shared: Arc<Shared>,
+    conn: &quinn::Connection,
+    origin: Origin,
+    stop: &tokio_util::sync::CancellationToken,
+) {
+    use tracing::Instrument;
+    let mut streams = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => break,
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            accepted = conn.accept_bi() => {
+                let Ok((send, recv)) = accepted else { break };
+                streams.spawn(serve_stream(shared.clone(), origin.clone(), send, recv).in_current_span());
+            }
+        }
+    }
+    streams.shutdown().await;
+}
+
 /// Where a stream came from.
 #[derive(Debug, Clone)]
 pub(crate) enum Origin {
