@@ -21,6 +21,8 @@ pub struct Forward {
     config: PathBuf,
     dev: Proc,
     forward: Proc,
+    /// The forward through another region's relay: (process, address, relay).
+    pub mesh: Option<(Proc, SocketAddr, String)>,
 }
 
 /// Variables that would point a ferry command at the user's own network.
@@ -34,10 +36,14 @@ const USER_VARS: [&str; 4] = [
 impl Forward {
     /// `ferry dev` (control plane, relays, agent) and `ferry port-forward`.
     pub fn pids(&self) -> Vec<u32> {
-        [self.dev.pid(), self.forward.pid()]
-            .into_iter()
-            .flatten()
-            .collect()
+        [
+            self.dev.pid(),
+            self.forward.pid(),
+            self.mesh.as_ref().and_then(|(p, _, _)| p.pid()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// `ferry tcp WORKSPACE PORT` against the same network: a new QUIC connection and
@@ -60,6 +66,9 @@ impl Forward {
     }
 
     pub async fn stop(self) {
+        if let Some((mesh, _, _)) = self.mesh {
+            mesh.stop().await;
+        }
         self.forward.stop().await;
         self.dev.stop().await;
     }
@@ -134,12 +143,75 @@ pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward
         .context("the ready file names no workspace")?
         .to_string();
 
-    let mut fwd_cmd = command(ferry, &config);
+    let (forward, addr, relay) =
+        spawn_forward(ferry, &config, tmp, &workspace, target_port, None).await?;
+    // A second forward entering through a relay of another region: every stream takes
+    // one mesh hop to the agent's relay, the cost the mesh adds.
+    let relays: Vec<(String, String)> = ready_json["relays"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["name"].as_str()?.to_string(),
+                r["region"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    let home = relays
+        .iter()
+        .find(|(name, _)| *name == relay)
+        .map(|(_, region)| region.clone());
+    let other = relays
+        .iter()
+        .find(|(_, region)| Some(region) != home.as_ref())
+        .map(|(name, _)| name.clone());
+    let mesh = match other {
+        Some(other) => {
+            let (proc_, mesh_addr, mesh_relay) =
+                spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&other)).await?;
+            ensure!(
+                mesh_relay == other,
+                "the mesh forward went through {mesh_relay}, not {other}"
+            );
+            Some((proc_, mesh_addr, mesh_relay))
+        }
+        None => None,
+    };
+    Ok(Forward {
+        addr,
+        relay,
+        workspace,
+        target_port,
+        ferry: ferry.to_path_buf(),
+        config,
+        dev,
+        forward,
+        mesh,
+    })
+}
+
+/// Starts `ferry port-forward` (through `via`, when given) and reads its address and relay.
+async fn spawn_forward(
+    ferry: &Path,
+    config: &Path,
+    tmp: &Path,
+    workspace: &str,
+    target_port: u16,
+    via: Option<&str>,
+) -> Result<(Proc, SocketAddr, String)> {
+    let mut fwd_cmd = command(ferry, config);
+    if let Some(relay) = via {
+        fwd_cmd.env("FERRY_RELAY", relay);
+    }
     fwd_cmd.args(["port-forward", &workspace, &format!("0:{target_port}")]);
     let mut forward = Proc::spawn(
         "ferry port-forward",
         fwd_cmd,
-        tmp.join("port-forward.log"),
+        tmp.join(match via {
+            Some(r) => format!("port-forward-via-{r}.log"),
+            None => "port-forward.log".into(),
+        }),
         true,
     )?;
     let stdout = forward.take_stdout().context("no stdout pipe")?;
@@ -168,18 +240,8 @@ pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
     let (addr, relay) = parse_forwarding(&line)?;
-    Ok(Forward {
-        addr,
-        relay,
-        workspace,
-        target_port,
-        ferry: ferry.to_path_buf(),
-        config,
-        dev,
-        forward,
-    })
+    Ok((forward, addr, relay))
 }
-
 /// `Forwarding 127.0.0.1:NNNNN -> demo--dev:PORT (via relay eu-1)` → address, relay.
 fn parse_forwarding(line: &str) -> Result<(SocketAddr, String)> {
     let local = line

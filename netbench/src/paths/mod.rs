@@ -100,6 +100,19 @@ impl Paths {
             state: State::Ready(forward.addr),
         });
         let ferry_relay = forward.relay.clone();
+        list.push(Path {
+            key: "ferry_mesh",
+            label: "ferry mesh",
+            state: match &forward.mesh {
+                Some((_, addr, _)) => {
+                    crate::client::check(*addr)
+                        .await
+                        .context("first echo through the mesh forward")?;
+                    State::Ready(*addr)
+                }
+                None => State::Skipped("skipped (ferry dev has a single region)".into()),
+            },
+        });
 
         let mut ssh_version = None;
         let (ssh_state, ssh) = if opts.skip_ssh {
