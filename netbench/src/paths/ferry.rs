@@ -204,7 +204,7 @@ async fn spawn_forward(
     if let Some(relay) = via {
         fwd_cmd.env("FERRY_RELAY", relay);
     }
-    fwd_cmd.args(["port-forward", &workspace, &format!("0:{target_port}")]);
+    fwd_cmd.args(["port-forward", workspace, &format!("0:{target_port}")]);
     let mut forward = Proc::spawn(
         "ferry port-forward",
         fwd_cmd,
