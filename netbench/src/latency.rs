@@ -112,18 +112,15 @@ pub async fn run(
     }
     report::print_unmeasured(paths);
 
-    let entries = report::entries(paths, results);
-    let report = Report {
-        bench: "latency",
-        unix_time: time,
+    Report::for_paths(
+        "latency",
+        time,
         smoke,
-        settings: settings.clone(),
-        ferry_relay: paths.ferry_relay.clone(),
-        ssh_version: paths.ssh_version.clone(),
-        paths: entries,
+        settings.clone(),
+        paths,
+        results,
         comparison,
-    };
-    report::write_json(json, &report)?;
-    println!("results written to {}", json.display());
+    )
+    .save(json)?;
     Ok(())
 }

@@ -32,6 +32,38 @@ pub struct Report<S, T, C> {
     pub comparison: C,
 }
 
+impl<S: Serialize, T: Serialize, C: Serialize> Report<S, T, C> {
+    /// A report on every path of `paths`, with the results of those that were measured.
+    #[allow(clippy::too_many_arguments)]
+    pub fn for_paths(
+        bench: &'static str,
+        unix_time: u64,
+        smoke: bool,
+        settings: S,
+        paths: &Paths,
+        results: BTreeMap<&str, T>,
+        comparison: C,
+    ) -> Self {
+        Report {
+            bench,
+            unix_time,
+            smoke,
+            settings,
+            ferry_relay: paths.ferry_relay.clone(),
+            ssh_version: paths.ssh_version.clone(),
+            paths: entries(paths, results),
+            comparison,
+        }
+    }
+
+    /// Writes the JSON and says where.
+    pub fn save(&self, json: &Path) -> Result<()> {
+        write_json(json, self)?;
+        println!("results written to {}", json.display());
+        Ok(())
+    }
+}
+
 pub fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -75,7 +107,7 @@ pub fn unmeasured<T>(state: &State) -> Option<Entry<T>> {
 }
 
 /// One entry per path for the JSON report: the measured result, or why there is none.
-pub fn entries<T>(
+fn entries<T>(
     paths: &Paths,
     mut results: std::collections::BTreeMap<&str, T>,
 ) -> std::collections::BTreeMap<&'static str, Entry<T>> {

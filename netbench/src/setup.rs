@@ -328,21 +328,18 @@ pub async fn run(
     }
     report::print_unmeasured(paths);
 
-    let entries = report::entries(paths, results);
-    let report = Report {
-        bench: "setup",
-        unix_time: time,
+    Report::for_paths(
+        "setup",
+        time,
         smoke,
-        settings: settings.clone(),
-        ferry_relay: paths.ferry_relay.clone(),
-        ssh_version: paths.ssh_version.clone(),
-        paths: entries,
-        comparison: SetupComparison {
+        settings.clone(),
+        paths,
+        results,
+        SetupComparison {
             cold: cold_results,
             ratios,
         },
-    };
-    report::write_json(json, &report)?;
-    println!("results written to {}", json.display());
+    )
+    .save(json)?;
     Ok(())
 }

@@ -241,19 +241,16 @@ pub async fn run(
     let comparison = compare(&results);
     print(paths, settings, &results, &comparison);
 
-    let entries = report::entries(paths, results);
-    let report = Report {
-        bench: "throughput",
-        unix_time: time,
+    Report::for_paths(
+        "throughput",
+        time,
         smoke,
-        settings: settings.clone(),
-        ferry_relay: paths.ferry_relay.clone(),
-        ssh_version: paths.ssh_version.clone(),
-        paths: entries,
+        settings.clone(),
+        paths,
+        results,
         comparison,
-    };
-    report::write_json(json, &report)?;
-    println!("results written to {}", json.display());
+    )
+    .save(json)?;
     Ok(())
 }
 
