@@ -10,7 +10,7 @@ use http_body_util::Full;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,66 +24,71 @@ pub async fn bind_preferred(port: u16) -> Result<TcpListener> {
     }
 }
 
-/// Echoes every byte back, half-close included.
-pub async fn echo_server(listener: TcpListener, cancel: CancellationToken) {
+/// Serves each accepted connection with `serve` until `cancel` fires; the connection
+/// tasks are owned here and stopped with the loop.
+async fn serve_each<F, Fut>(listener: TcpListener, cancel: CancellationToken, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            Ok((mut tcp, _)) = listener.accept() => {
-                conns.spawn(async move {
-                    let _ = tcp.set_nodelay(true);
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => if tcp.write_all(&buf[..n]).await.is_err() { return },
-                        }
-                    }
-                    let _ = tcp.shutdown().await;
-                });
-            }
+            Ok((tcp, peer)) = listener.accept() => { conns.spawn(serve(tcp, peer)); }
         }
     }
     conns.shutdown().await;
 }
 
-/// A tiny HTTP app that says where it runs and echoes the request line.
-pub async fn http_app(listener: TcpListener, workspace: String, cancel: CancellationToken) {
-    let mut conns = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            Ok((tcp, peer)) = listener.accept() => {
-                let workspace = workspace.clone();
-                conns.spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let body = format!(
-                            "hello from workspace {workspace}\n{} {} (from {peer})\n",
-                            req.method(),
-                            req.uri()
-                        );
-                        async move {
-                            Ok::<_, Infallible>(
-                                Response::builder()
-                                    .header("content-type", "text/plain; charset=utf-8")
-                                    .body(Full::new(Bytes::from(body)))
-                                    .unwrap_or_default(),
-                            )
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
+/// Echoes every byte back, half-close included.
+pub async fn echo_server(listener: TcpListener, cancel: CancellationToken) {
+    serve_each(listener, cancel, |mut tcp, _| async move {
+        let _ = tcp.set_nodelay(true);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tcp.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
             }
         }
-    }
-    conns.shutdown().await;
+        let _ = tcp.shutdown().await;
+    })
+    .await
+}
+
+/// A tiny HTTP app that says where it runs and echoes the request line.
+pub async fn http_app(listener: TcpListener, workspace: String, cancel: CancellationToken) {
+    serve_each(listener, cancel, |tcp, peer| {
+        let workspace = workspace.clone();
+        async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let body = format!(
+                    "hello from workspace {workspace}\n{} {} (from {peer})\n",
+                    req.method(),
+                    req.uri()
+                );
+                async move {
+                    Ok::<_, Infallible>(
+                        Response::builder()
+                            .header("content-type", "text/plain; charset=utf-8")
+                            .body(Full::new(Bytes::from(body)))
+                            .unwrap_or_default(),
+                    )
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), service)
+                .await;
+        }
+    })
+    .await
 }
 
 pub fn port_of(listener: &TcpListener) -> u16 {
