@@ -105,6 +105,7 @@ fn relay_info(row: &RelayRow, now: i64) -> RelayInfo {
             health(row.last_heartbeat, now)
         }),
         incarnation: u64::try_from(row.incarnation).unwrap_or(0),
+        https_url: None,
     }
 }
 

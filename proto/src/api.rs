@@ -40,6 +40,11 @@ pub struct RelayInfo {
     /// process that was there before (agents avoid a draining relay until it is back).
     #[serde(default)]
     pub incarnation: u64,
+    /// Its HTTPS origin for browsers (web apps, the web terminal, the RTT probe at
+    /// `/.ferry/ping`), e.g. `https://eu-1.relay.localhost:7443`; absent when the relay
+    /// serves no HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
 }
 
 /// A relay's health as the control plane sees it, from its heartbeats.
@@ -338,4 +343,35 @@ impl std::fmt::Debug for RotateKeysResponse {
             .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
+}
+
+/// `POST /api/v1/measurements`: latency samples reported by agents (agent token),
+/// relays (relay token, e.g. the mesh RTT matrix), CLIs (user token) and the dashboard
+/// page (the user's session). The control plane checks that `from` names the caller
+/// and keeps the samples as time series with bounded retention.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeasurementsRequest {
+    pub samples: Vec<Measurement>,
+}
+
+/// One round-trip measurement between two points of the network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Measurement {
+    /// Who measured: `agent:LABEL`, `relay:NAME`, `client:USER` or `browser:USER`.
+    pub from: String,
+    /// What was measured: `relay:NAME` (or `agent:LABEL` from a relay).
+    pub to: String,
+    /// Smoothed round-trip time, microseconds.
+    pub rtt_us: u64,
+    /// Mean deviation of the round-trip time, microseconds.
+    #[serde(default)]
+    pub jitter_us: u64,
+    /// Fraction of probes lost, 0.0..=1.0.
+    #[serde(default)]
+    pub loss: f32,
+    /// When it was measured (Unix milliseconds); absent means on receipt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_ms: Option<u64>,
 }

@@ -67,6 +67,7 @@ fn region_map_places_in_the_named_region_only() {
         server_name: "127.0.0.1".into(),
         health: None,
         incarnation: 1,
+        https_url: None,
     };
     let map = RegionMap::new(&[
         Region {
@@ -164,6 +165,7 @@ fn relays_out_of_service_own_nothing() {
         server_name: "127.0.0.1".into(),
         health,
         incarnation: 1,
+        https_url: None,
     };
     let map = RegionMap::new(&[Region {
         name: "eu".into(),

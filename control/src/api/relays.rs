@@ -115,6 +115,7 @@ pub(crate) async fn register_relay(
         health: None,
         // Assigned by the store on registration.
         incarnation: 0,
+        https_url: None,
     };
     let cert = state
         .register_relay(info, &req.names)
