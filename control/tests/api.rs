@@ -847,6 +847,111 @@ async fn shutdown_does_not_wait_for_held_heartbeats() {
 }
 
 #[tokio::test]
+async fn a_session_cookie_authorizes_pages_but_not_cross_site_writes() {
+    let p = Plane::start("session").await;
+    let alice = p.user("alice").await;
+    let bearer = format!("Bearer {alice}");
+    let (status, headers, _) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/session",
+        &[("authorization", &bearer)],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 204);
+    let set_cookie = headers["set-cookie"].to_str().unwrap();
+    for attr in ["HttpOnly", "Secure", "SameSite=Lax", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    let cookie = set_cookie.split(';').next().unwrap();
+    assert_eq!(cookie, format!("ferry_session={alice}"));
+
+    // Reads with the cookie alone are alice's.
+    let (status, _, me) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "GET",
+        "/api/v1/me",
+        &[("cookie", cookie)],
+        vec![],
+    )
+    .await;
+    assert_eq!((status, me["user"].as_str()), (200, Some("alice")));
+
+    // A write with the cookie: refused without our Origin, accepted with it.
+    let create = br#"{"name":"dev"}"#.to_vec();
+    let json = ("content-type", "application/json");
+    for origin in [None, Some("https://evil.example")] {
+        let mut headers = vec![("cookie", cookie), json];
+        headers.extend(origin.map(|o| ("origin", o)));
+        let (status, _, body) = raw_request(
+            &p.url,
+            &p.ca_pem,
+            "POST",
+            "/api/v1/workspaces",
+            &headers,
+            create.clone(),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (403, Some("forbidden")),
+            "{origin:?}"
+        );
+    }
+    let own = p.url.clone();
+    let (status, _, ws) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/workspaces",
+        &[("cookie", cookie), json, ("origin", &own)],
+        create,
+    )
+    .await;
+    assert_eq!((status, ws["label"].as_str()), (201, Some("dev--alice")));
+
+    // Only people's tokens become sessions; a forged cookie is just unauthorized.
+    let agent = p.mint(TokenKind::Agent, "dev--alice").await;
+    let agent_bearer = format!("Bearer {agent}");
+    let (status, _, body) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/session",
+        &[("authorization", &agent_bearer)],
+        vec![],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("wrong_token_kind"))
+    );
+    let (status, _, _) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "GET",
+        "/api/v1/me",
+        &[("cookie", "ferry_session=not.a.token")],
+        vec![],
+    )
+    .await;
+    assert_eq!(status, 401);
+
+    // Logging out clears the cookie.
+    let (status, headers, _) =
+        raw_request(&p.url, &p.ca_pem, "DELETE", "/api/v1/session", &[], vec![]).await;
+    assert_eq!(status, 204);
+    assert!(headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn malformed_oversized_and_unknown_input_gets_typed_4xx_never_500() {
     let p = Plane::start("bad-input").await;
     let admin = Some(p.admin.as_str());

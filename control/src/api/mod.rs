@@ -6,6 +6,7 @@
 //! `control/openapi.json`.
 
 mod relays;
+pub mod session;
 mod users;
 mod workspaces;
 
@@ -51,6 +52,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/users"),
     ("get", "/api/v1/users"),
     ("post", "/api/v1/login"),
+    ("post", "/api/v1/session"),
+    ("delete", "/api/v1/session"),
     ("get", "/api/v1/me"),
     ("post", "/api/v1/me/tokens"),
     ("get", "/api/v1/me/tokens"),
@@ -248,6 +251,10 @@ pub fn router(state: Arc<State>) -> Router {
             post(users::create_user).get(users::list_users),
         )
         .route("/api/v1/login", post(users::login))
+        .route(
+            "/api/v1/session",
+            post(session::create).delete(session::remove),
+        )
         .route("/api/v1/me", get(users::me))
         .route(
             "/api/v1/me/tokens",
@@ -287,6 +294,10 @@ pub fn router(state: Arc<State>) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            session::cookie_to_bearer,
+        ))
         .with_state(state)
 }
 

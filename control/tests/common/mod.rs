@@ -149,6 +149,25 @@ pub async fn raw_post(
     content_type: &str,
     body: Vec<u8>,
 ) -> (u16, serde_json::Value) {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", content_type)];
+    if let Some(b) = &bearer {
+        headers.push(("authorization", b));
+    }
+    let (status, _, json) = raw_request(url, ca_pem, "POST", path, &headers, body).await;
+    (status, json)
+}
+
+/// One request with exactly the headers given (plus `host`), returning (status,
+/// response headers, JSON body or Null).
+pub async fn raw_request(
+    url: &str,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, serde_json::Value) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
@@ -168,20 +187,20 @@ pub async fn raw_post(
         .unwrap();
     let task = tokio::spawn(conn);
     let mut req = hyper::Request::builder()
-        .method("POST")
+        .method(method)
         .uri(path)
-        .header("host", "127.0.0.1")
-        .header("content-type", content_type);
-    if let Some(t) = token {
-        req = req.header("authorization", format!("Bearer {t}"));
+        .header("host", format!("127.0.0.1:{port}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = sender
         .send_request(req.body(Full::new(bytes::Bytes::from(body))).unwrap())
         .await
         .unwrap();
     let status = resp.status().as_u16();
+    let response_headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     task.abort();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, json)
+    (status, response_headers, json)
 }
