@@ -8,6 +8,7 @@
 mod api;
 pub mod keyring;
 mod limiter;
+pub mod measurements;
 mod server;
 mod state;
 pub mod store;

@@ -111,6 +111,7 @@ impl ControlPlane {
         let mut connections = JoinSet::new();
         let mut background = JoinSet::new();
         background.spawn(maintenance(self.state.clone(), cancel.clone()));
+        background.spawn(series_upkeep(self.state.clone(), cancel.clone()));
         tracing::info!(addr = %self.local_addr(), "control plane API listening");
         loop {
             tokio::select! {
@@ -183,6 +184,41 @@ async fn maintenance(state: Arc<State>, cancel: CancellationToken) {
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// How often latency samples are rolled up and old series pruned.
+const SERIES_UPKEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Rolls raw latency samples up into one-minute buckets and drops what is past its
+/// retention, every minute until cancelled. Replicas may both do it: buckets are
+/// inserted only if missing, deletes are idempotent.
+async fn series_upkeep(state: Arc<State>, cancel: CancellationToken) {
+    use crate::measurements::{LOAD_RETENTION_MS, MINUTE_RETENTION_MS, RAW_RETENTION_MS};
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(SERIES_UPKEEP_EVERY) => {}
+        }
+        let now = crate::api::now_ms();
+        match crate::store::rollup(state.store(), now).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(buckets = n, "latency samples rolled up"),
+            Err(e) => tracing::warn!(error = %e, "rolling up latency samples failed"),
+        }
+        let pruned = state
+            .store()
+            .prune_series(
+                now - RAW_RETENTION_MS as i64,
+                now - MINUTE_RETENTION_MS as i64,
+                now - LOAD_RETENTION_MS as i64,
+            )
+            .await;
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "old latency and load series pruned"),
+            Err(e) => tracing::warn!(error = %e, "pruning latency series failed"),
         }
     }
 }

@@ -67,6 +67,8 @@ pub struct State {
     changes: tokio::sync::watch::Sender<u64>,
     /// Fires when the server begins to shut down, so held requests answer at once.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// When this replica last recorded each relay's load (Unix ms), to thin it out.
+    pub(crate) load_marks: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -166,6 +168,7 @@ impl State {
             logins: LoginLimiter::default(),
             changes: tokio::sync::watch::Sender::new(0),
             stopping: tokio_util::sync::CancellationToken::new(),
+            load_marks: Default::default(),
         })
     }
 

@@ -35,8 +35,14 @@ pub enum StoreError {
 }
 
 /// The migrations, in order. Portable SQL for both backends.
-const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../migrations/0001_init.sql")),
+    (
+        2,
+        "measurements",
+        include_str!("../migrations/0002_measurements.sql"),
+    ),
+];
 
 fn migrator() -> Migrator {
     let migrations: Vec<Migration> = MIGRATIONS
@@ -592,6 +598,9 @@ pub fn redact(url: &str) -> String {
         _ => url.to_string(),
     }
 }
+
+pub mod series;
+pub use series::{rollup, MeasurementRow, MinuteRow, RelayLoadRow, SeriesFilter};
 
 #[cfg(test)]
 mod tests;

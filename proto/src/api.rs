@@ -304,6 +304,12 @@ pub struct HeartbeatRequest {
     /// it registers again.
     #[serde(default)]
     pub draining: bool,
+    /// Streams open right now.
+    #[serde(default)]
+    pub streams: u64,
+    /// Bytes relayed (both directions, counted as streams end) since the relay started.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -374,4 +380,145 @@ pub struct Measurement {
     /// When it was measured (Unix milliseconds); absent means on receipt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_ms: Option<u64>,
+}
+
+/// The answer to a measurement report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeasurementsResponse {
+    /// Samples kept.
+    pub stored: u32,
+    /// Samples older than the control plane accepts (already rolled up), dropped.
+    #[serde(default)]
+    pub stale: u32,
+}
+
+/// One point of a latency series: a raw sample (`samples` = 1) or a one-minute bucket.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencyPoint {
+    /// The sample's time, or the bucket's start (Unix milliseconds).
+    pub at_ms: u64,
+    /// The round-trip time; a bucket's median.
+    pub rtt_us: u64,
+    /// A bucket's largest round-trip time (the sample's own for a raw point).
+    pub max_us: u64,
+    /// Samples in the point.
+    pub samples: u32,
+    #[serde(default)]
+    pub jitter_us: u64,
+    #[serde(default)]
+    pub loss: f32,
+}
+
+/// Where the points of a series come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// Every sample as reported (kept for the last hour).
+    Raw,
+    /// One-minute buckets: median, maximum and count (kept for a day).
+    Minute,
+}
+
+/// The samples between two points of the network over time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LatencySeries {
+    /// `agent:LABEL`, `relay:NAME`, `client:USER` or `browser:USER`.
+    pub from: String,
+    pub to: String,
+    pub points: Vec<LatencyPoint>,
+}
+
+/// `GET /api/v1/measurements?from=&to=&since=` (user or admin token): latency series
+/// the caller may see, oldest point first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MeasurementsSeriesResponse {
+    pub resolution: Resolution,
+    pub series: Vec<LatencySeries>,
+}
+
+/// The latest mesh round-trip time between two relays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeshLink {
+    /// The relay that measured.
+    pub from: String,
+    pub to: String,
+    pub from_region: String,
+    pub to_region: String,
+    pub rtt_us: u64,
+    pub at_ms: u64,
+}
+
+/// The region-by-region latency: the median of the latest mesh RTTs between their relays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegionLatency {
+    pub from: String,
+    pub to: String,
+    pub rtt_us: u64,
+    /// Relay pairs the median is over.
+    pub links: u32,
+}
+
+/// `GET /api/v1/measurements/matrix` (user or admin token): the latest mesh RTT
+/// matrix, by relay and by region (links measured in the last few minutes only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LatencyMatrixResponse {
+    /// Every region of the region map, sorted.
+    pub regions: Vec<String>,
+    pub cells: Vec<RegionLatency>,
+    pub links: Vec<MeshLink>,
+}
+
+/// Which hop of a workspace's path a series measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    /// The owner's CLI or browser to a relay.
+    Client,
+    /// Relay to relay (towards the relays holding the workspace's agent).
+    Mesh,
+    /// Between a relay and the workspace's agent (measured by either end).
+    Agent,
+}
+
+/// One hop's series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HopSeries {
+    pub hop: Hop,
+    #[serde(flatten)]
+    pub series: LatencySeries,
+}
+
+/// `GET /api/v1/workspaces/{label}/latency?since=` (user or admin token): the
+/// workspace's hop-by-hop latency over time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceLatencyResponse {
+    pub workspace: String,
+    /// Relays holding the workspace's agent now, owner first.
+    pub relays: Vec<String>,
+    pub resolution: Resolution,
+    pub hops: Vec<HopSeries>,
+}
+
+/// A relay's load at one moment, from its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLoadPoint {
+    pub at_ms: u64,
+    pub agents: u64,
+    pub streams: u64,
+    /// Bytes relayed since the relay started (a drop means it restarted).
+    pub bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayLoad {
+    pub relay: String,
+    pub region: String,
+    pub points: Vec<RelayLoadPoint>,
+}
+
+/// `GET /api/v1/relays/load?since=` (user or admin token): agents, open streams and
+/// bytes relayed per relay over time (kept for an hour), for throughput charts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayLoadResponse {
+    pub relays: Vec<RelayLoad>,
 }

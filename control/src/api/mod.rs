@@ -5,6 +5,7 @@
 //! The routes are listed once, in [`ROUTES`], which the OpenAPI test checks against
 //! `control/openapi.json`.
 
+mod measurements;
 mod relays;
 pub mod session;
 mod users;
@@ -24,6 +25,8 @@ use ferry_proto::token::{Claims, TokenKind};
 use ferry_proto::ErrorCode;
 
 use crate::state::{State, StateError, VerifyError};
+
+pub(crate) use measurements::now_ms;
 
 /// Request bodies are small JSON documents; anything larger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -47,6 +50,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/relays/heartbeat"),
     ("post", "/api/v1/directory"),
     ("get", "/api/v1/directory"),
+    ("get", "/api/v1/relays/load"),
+    ("post", "/api/v1/measurements"),
+    ("get", "/api/v1/measurements"),
+    ("get", "/api/v1/measurements/matrix"),
     ("post", "/api/v1/tokens"),
     ("delete", "/api/v1/tokens/{id}"),
     ("post", "/api/v1/users"),
@@ -63,6 +70,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/workspaces/{label}"),
     ("delete", "/api/v1/workspaces/{label}"),
     ("get", "/api/v1/workspaces/{label}/route"),
+    ("get", "/api/v1/workspaces/{label}/latency"),
     ("post", "/api/v1/workspaces/{label}/agent-tokens"),
     ("get", "/api/v1/workspaces/{label}/agent-tokens"),
     ("delete", "/api/v1/workspaces/{label}/agent-tokens/{id}"),
@@ -244,6 +252,14 @@ pub fn router(state: Arc<State>) -> Router {
             "/api/v1/directory",
             post(relays::directory_update).get(relays::directory),
         )
+        .route("/api/v1/relays/load", get(measurements::relay_load))
+        .route(
+            "/api/v1/measurements",
+            post(measurements::report)
+                .get(measurements::series)
+                .layer(DefaultBodyLimit::max(measurements::MAX_REPORT_BODY)),
+        )
+        .route("/api/v1/measurements/matrix", get(measurements::matrix))
         .route("/api/v1/tokens", post(relays::mint_token))
         .route("/api/v1/tokens/{id}", delete(relays::revoke_token))
         .route(
@@ -273,6 +289,10 @@ pub fn router(state: Arc<State>) -> Router {
             get(workspaces::show).delete(workspaces::remove),
         )
         .route("/api/v1/workspaces/{label}/route", get(workspaces::route))
+        .route(
+            "/api/v1/workspaces/{label}/latency",
+            get(measurements::workspace_latency),
+        )
         .route(
             "/api/v1/workspaces/{label}/agent-tokens",
             post(workspaces::create_agent_token).get(workspaces::list_agent_tokens),

@@ -149,6 +149,7 @@ pub(crate) async fn heartbeat(
             format!("relay `{}` is not enrolled; register it first", claims.sub),
         ));
     }
+    super::measurements::record_load(&state, &claims.sub, &req).await?;
     if let Some(workspaces) = req.workspaces {
         for w in &workspaces {
             WorkspaceLabel::parse(w)

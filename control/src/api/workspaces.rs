@@ -41,7 +41,11 @@ fn unknown(label: &str) -> ApiError {
 }
 
 /// The workspace `label` if the caller may see it (its owner, or an admin).
-async fn owned(state: &State, claims: &Claims, label: &str) -> Result<WorkspaceRow, ApiError> {
+pub(crate) async fn owned(
+    state: &State,
+    claims: &Claims,
+    label: &str,
+) -> Result<WorkspaceRow, ApiError> {
     let parsed = WorkspaceLabel::parse(label).map_err(|_| unknown(label))?;
     if claims.kind == TokenKind::User && parsed.owner() != claims.sub {
         return Err(unknown(label));

@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::series::SeriesFilter;
 use crate::testing;
 
 /// A scratch directory removed when the test ends.
@@ -259,4 +260,133 @@ fn database_urls_are_redacted_in_messages() {
         "postgres://u:***@h:5432/db"
     );
     assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+}
+
+fn sample(source: &str, target: &str, at_ms: i64, rtt_us: i64) -> MeasurementRow {
+    MeasurementRow {
+        source: source.into(),
+        target: target.into(),
+        at_ms,
+        rtt_us,
+        jitter_us: 7,
+        loss_ppm: 0,
+    }
+}
+
+#[tokio::test]
+async fn latency_series_are_filtered_rolled_up_and_pruned() {
+    use crate::measurements::{MINUTE_MS, RAW_RETENTION_MS, ROLLUP_DELAY_MS};
+    let (all, _dir) = stores("series").await;
+    let minute = MINUTE_MS as i64;
+    // A fixed "now" on a minute boundary, an hour and a bit of samples before it.
+    let now = 30_000 * minute;
+    for store in all {
+        let b = store.backend_name();
+        let mut rows = Vec::new();
+        for i in 0..70 {
+            let at = now - (70 - i) * minute + 5_000;
+            rows.push(sample("relay:eu-1", "relay:us-1", at, 80_000 + i));
+            rows.push(sample("relay:eu-1", "relay:us-1", at + 10_000, 90_000 + i));
+            rows.push(sample("client:al_ice", "relay:eu-1", at, 1_000));
+        }
+        rows.push(sample("relay:us-1", "relay:eu-1", now - 1_000, 81_000));
+        rows.push(sample("relay:us-1", "relay:eu-1", now - 2_000, 82_000));
+        store.insert_measurements(&rows).await.unwrap();
+
+        let since = now - 5 * minute;
+        let pair = SeriesFilter {
+            source: Some("relay:eu-1"),
+            target: Some("relay:us-1"),
+            ..Default::default()
+        };
+        let got = store.measurements(pair, since).await.unwrap();
+        assert_eq!(got.len(), 10, "{b}: two samples a minute for five minutes");
+        assert!(got.windows(2).all(|w| w[0].at_ms <= w[1].at_ms), "{b}");
+        let relays_only = SeriesFilter {
+            source_prefix: Some("relay:"),
+            ..Default::default()
+        };
+        let got = store.measurements(relays_only, since).await.unwrap();
+        assert!(got.iter().all(|r| r.source.starts_with("relay:")), "{b}");
+        // `_` in a prefix is a literal, not a LIKE wildcard.
+        let odd = SeriesFilter {
+            source_prefix: Some("client:al_"),
+            ..Default::default()
+        };
+        assert_eq!(
+            store.measurements(odd, since).await.unwrap().len(),
+            5,
+            "{b}"
+        );
+        let odd = SeriesFilter {
+            source_prefix: Some("client:alx"),
+            ..Default::default()
+        };
+        assert!(
+            store.measurements(odd, since).await.unwrap().is_empty(),
+            "{b}"
+        );
+
+        // The newest sample of each mesh pair.
+        let latest = store.latest_mesh(now - 2 * minute).await.unwrap();
+        assert_eq!(latest.len(), 2, "{b}");
+        assert_eq!(latest[1].rtt_us, 81_000, "{b}");
+
+        // Rollup: every minute in raw retention up to the delay, once.
+        let stored = crate::store::rollup(&store, now).await.unwrap();
+        let minutes = RAW_RETENTION_MS as i64 / minute - ROLLUP_DELAY_MS as i64 / minute;
+        // Two pairs with a sample every minute of that window.
+        assert_eq!(stored as i64, 2 * minutes, "{b}");
+        assert_eq!(
+            crate::store::rollup(&store, now).await.unwrap(),
+            0,
+            "{b}: idempotent"
+        );
+        let buckets = store.minutes(pair, 0).await.unwrap();
+        let first = &buckets[0];
+        assert_eq!(first.samples, 2, "{b}");
+        assert_eq!(
+            first.max_us - first.p50_us,
+            10_000,
+            "{b}: median is the lower middle"
+        );
+        assert_eq!(
+            store.last_rolled_minute().await.unwrap(),
+            Some(now - ROLLUP_DELAY_MS as i64 - minute),
+            "{b}"
+        );
+        // A minute later, one more minute per pair.
+        assert_eq!(
+            crate::store::rollup(&store, now + minute).await.unwrap(),
+            2,
+            "{b}"
+        );
+
+        store
+            .insert_relay_load(&RelayLoadRow {
+                relay: "eu-1".into(),
+                at_ms: now - 10,
+                agents: 3,
+                streams: 1,
+                bytes: 1 << 40,
+            })
+            .await
+            .unwrap();
+        let load = store.relay_load(now - 1000).await.unwrap();
+        assert_eq!((load.len(), load[0].bytes), (1, 1 << 40), "{b}");
+
+        let pruned = store
+            .prune_series(now - 30 * minute, now - 60 * minute, now)
+            .await
+            .unwrap();
+        assert!(pruned > 0, "{b}");
+        assert!(store
+            .measurements(SeriesFilter::default(), 0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|r| r.at_ms >= now - 30 * minute));
+        assert!(store.relay_load(0).await.unwrap().is_empty(), "{b}");
+        store.close().await;
+    }
 }
