@@ -61,6 +61,14 @@ impl AgentTable {
         self.links.iter().map(|l| l.key().to_string()).collect()
     }
 
+    /// Every connected agent's workspace and connection (a snapshot).
+    pub fn links(&self) -> Vec<(String, quinn::Connection)> {
+        self.links
+            .iter()
+            .map(|l| (l.key().to_string(), l.conn.clone()))
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.links.len()
     }

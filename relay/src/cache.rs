@@ -243,6 +243,10 @@ pub(crate) async fn sync(
                 0
             },
             draining: shared.drain.is_draining(),
+            streams: shared.drain.open_streams() as u64,
+            bytes: shared
+                .bytes_relayed
+                .load(std::sync::atomic::Ordering::Relaxed),
         };
         // Every round, not only on a change: a connection whose token was checked just
         // before a revocation arrived is tracked only after it; this also forgets

@@ -14,6 +14,7 @@ mod clients;
 mod directory;
 mod drain;
 mod mesh;
+mod report;
 mod routing;
 mod server;
 mod view;

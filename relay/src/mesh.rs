@@ -125,6 +125,19 @@ impl Mesh {
         result
     }
 
+    /// The live outgoing links by peer name (links being dialed are skipped).
+    pub fn live(&self) -> Vec<(String, Connection)> {
+        self.links
+            .iter()
+            .filter_map(|l| {
+                let conn = l.conn.try_lock().ok()?.clone()?;
+                conn.close_reason()
+                    .is_none()
+                    .then(|| (l.key().clone(), conn))
+            })
+            .collect()
+    }
+
     /// Number of live outgoing links (for tests and status).
     pub fn live_links(&self) -> usize {
         self.links

@@ -115,6 +115,10 @@ pub(crate) async fn serve_stream(
                 return;
             }
             let stats = ferry_transport::splice::quic_with_quic((send, recv), upstream).await;
+            shared.bytes_relayed.fetch_add(
+                stats.forward.saturating_add(stats.backward),
+                std::sync::atomic::Ordering::Relaxed,
+            );
             tracing::debug!(%workspace, target = %header.target, hops = header.hops, up = stats.forward, down = stats.backward, "stream done");
         }
         Err(frame) => refuse(send, recv, frame).await,

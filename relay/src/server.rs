@@ -49,6 +49,8 @@ pub struct RelayConfig {
     pub refresh: Duration,
     /// Go-away reconnect hints are spread uniformly over `0..=go_away_jitter`.
     pub go_away_jitter: Duration,
+    /// How often mesh and agent round-trip times are reported to the control plane.
+    pub report_every: Duration,
 }
 
 impl RelayConfig {
@@ -74,6 +76,7 @@ impl RelayConfig {
             drain_grace: Duration::from_secs(30),
             refresh: Duration::from_secs(2),
             go_away_jitter: Duration::from_millis(500),
+            report_every: crate::report::REPORT_EVERY,
             cache_dir: None,
         }
     }
@@ -120,6 +123,8 @@ pub(crate) struct Shared {
     pub mesh: Mesh,
     pub drain: Drain,
     pub go_away_jitter_ms: u32,
+    /// Bytes spliced through this relay (both directions), counted as streams end.
+    pub bytes_relayed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -253,6 +258,7 @@ impl Relay {
             mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
             drain: Drain::default(),
             go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),
+            bytes_relayed: Default::default(),
         });
         // Know the map before the first agent arrives, so its role is reported right.
         if let Err(e) = shared.view.refresh_map().await {
@@ -267,6 +273,11 @@ impl Relay {
             // A relay that started from its cache enrolls once the control plane is back.
             enrolled,
             cache_path.map(|p| (p, cached)),
+            stop.clone(),
+        ));
+        background.spawn(crate::report::report_loop(
+            shared.clone(),
+            config.report_every,
             stop.clone(),
         ));
         background.spawn(crate::view::refresh_loop(

@@ -40,6 +40,10 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// Every route: (method, path). Kept beside [`router`] and checked against the OpenAPI
 /// document by a test.
 pub const ROUTES: &[(&str, &str)] = &[
+    ("get", "/"),
+    ("get", "/dashboard"),
+    ("get", "/dashboard/app.js"),
+    ("get", "/dashboard/app.css"),
     ("get", "/healthz"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/keys"),
