@@ -140,6 +140,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         );
         // Ctrl-C on a dev network should not wait long for streams.
         config.drain_grace = Duration::from_secs(2);
+        // The dashboard's heat map fills within seconds.
+        config.report_every = Duration::from_secs(3);
         config.cache_dir = Some(data_dir.join("relay-cache"));
         let relay = Relay::start(config, cancel.clone())
             .await
@@ -191,6 +193,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         }
     };
 
+    // A sign-in link: the page trades the fragment (never sent to a server) for a session.
+    let dashboard_url = format!("{control_url}/dashboard#token={user_token}");
     let config_path = config::default_path();
     if !args.no_config {
         CliConfig {
@@ -214,6 +218,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
             r["addr"].as_str().unwrap_or("")
         );
     }
+    println!("  dashboard      {dashboard_url}");
+    println!(
+        "                 (signs you in as `{DEV_USER}`; the browser must trust {})",
+        ca_file.display()
+    );
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
     println!("    echo service 127.0.0.1:{echo_port}");
     println!("    http app     127.0.0.1:{http_port}");
@@ -234,6 +243,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
             path,
             &serde_json::json!({
                 "control_url": control_url,
+                "dashboard_url": dashboard_url,
                 "ca_file": ca_file,
                 "workspace": workspace.to_string(),
                 "echo_port": echo_port,

@@ -6,6 +6,7 @@
 //! fires, then gives open requests a short grace period.
 
 mod api;
+pub mod dashboard;
 pub mod keyring;
 mod limiter;
 pub mod measurements;

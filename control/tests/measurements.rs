@@ -124,19 +124,27 @@ async fn reports_are_checked_and_series_stay_within_their_tenant() {
     assert_eq!((r.stored, r.stale), (0, 1));
 
     // Alice sees the mesh and her own series, never Bob's.
-    let all: MeasurementsSeriesResponse =
-        p.client.get("/api/v1/measurements", Some(&alice)).await.unwrap();
+    let all: MeasurementsSeriesResponse = p
+        .client
+        .get("/api/v1/measurements", Some(&alice))
+        .await
+        .unwrap();
     assert_eq!(all.resolution, Resolution::Raw);
     let pairs: Vec<(String, String)> = all
         .series
         .iter()
         .map(|s| (s.from.clone(), s.to.clone()))
         .collect();
-    assert!(pairs.contains(&("relay:eu-1".into(), "relay:us-1".into())), "{pairs:?}");
+    assert!(
+        pairs.contains(&("relay:eu-1".into(), "relay:us-1".into())),
+        "{pairs:?}"
+    );
     assert!(pairs.contains(&("browser:alice".into(), "relay:us-1".into())));
     assert!(pairs.contains(&("relay:eu-1".into(), "agent:web--alice".into())));
     assert!(
-        !pairs.iter().any(|(f, t)| f.contains("bob") || t.contains("bob")),
+        !pairs
+            .iter()
+            .any(|(f, t)| f.contains("bob") || t.contains("bob")),
         "{pairs:?}"
     );
     let one: MeasurementsSeriesResponse = p
@@ -160,8 +168,11 @@ async fn reports_are_checked_and_series_stay_within_their_tenant() {
         .get::<MeasurementsSeriesResponse>("/api/v1/measurements?since=soon", Some(&alice))
         .await;
     assert_eq!(code(bad), (400, "bad_request".into()));
-    let admin_view: MeasurementsSeriesResponse =
-        p.client.get("/api/v1/measurements", p.admin()).await.unwrap();
+    let admin_view: MeasurementsSeriesResponse = p
+        .client
+        .get("/api/v1/measurements", p.admin())
+        .await
+        .unwrap();
     assert!(admin_view.series.iter().any(|s| s.from == "browser:bob"));
 
     // The region matrix.
@@ -197,11 +208,16 @@ async fn reports_are_checked_and_series_stay_within_their_tenant() {
         .iter()
         .map(|h| (h.hop, h.series.from.as_str(), h.series.to.as_str()))
         .collect();
-    assert!(kinds.contains(&(Hop::Agent, "relay:eu-1", "agent:web--alice")), "{kinds:?}");
+    assert!(
+        kinds.contains(&(Hop::Agent, "relay:eu-1", "agent:web--alice")),
+        "{kinds:?}"
+    );
     assert!(kinds.contains(&(Hop::Agent, "agent:web--alice", "relay:eu-1")));
     assert!(kinds.contains(&(Hop::Client, "client:alice", "relay:eu-1")));
     assert!(kinds.contains(&(Hop::Mesh, "relay:us-1", "relay:eu-1")));
-    assert!(!kinds.iter().any(|(_, f, t)| f.contains("bob") || t.contains("bob")));
+    assert!(!kinds
+        .iter()
+        .any(|(_, f, t)| f.contains("bob") || t.contains("bob")));
     for label in ["web--alice", "nope--alice", "BAD"] {
         let r = p
             .client

@@ -30,13 +30,7 @@ struct Seen {
 }
 
 /// One connection's sample from its statistics now and what the last round saw.
-fn sample(
-    from: &str,
-    to: String,
-    now: Seen,
-    before: Option<Seen>,
-    at_ms: u64,
-) -> Measurement {
+fn sample(from: &str, to: String, now: Seen, before: Option<Seen>, at_ms: u64) -> Measurement {
     let (jitter_us, loss) = match before {
         // Counters only grow on one connection; a smaller value is a new connection.
         Some(b) if now.sent_packets >= b.sent_packets && now.lost_packets >= b.lost_packets => {

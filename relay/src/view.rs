@@ -181,7 +181,9 @@ pub(crate) fn beat(shared: &Shared) -> HeartbeatRequest {
         wait_secs: 0,
         draining: shared.drain.is_draining(),
         streams: shared.drain.open_streams() as u64,
-        bytes: shared.bytes_relayed.load(std::sync::atomic::Ordering::Relaxed),
+        bytes: shared
+            .bytes_relayed
+            .load(std::sync::atomic::Ordering::Relaxed),
     }
 }
 

@@ -232,6 +232,10 @@ pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiErro
 
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
+        .route("/", get(crate::dashboard::root))
+        .route("/dashboard", get(crate::dashboard::page))
+        .route("/dashboard/app.js", get(crate::dashboard::script))
+        .route("/dashboard/app.css", get(crate::dashboard::style))
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/api/v1/openapi.json",
