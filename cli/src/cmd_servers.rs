@@ -140,6 +140,9 @@ pub struct RelayArgs {
     /// Milliseconds between refreshes of the region map and directory (and heartbeats)
     #[arg(long, default_value_t = 2000, hide = true)]
     pub refresh_ms: u64,
+    /// Milliseconds between reports of mesh and agent round-trip times
+    #[arg(long, default_value_t = 10_000, hide = true)]
+    pub report_ms: u64,
     /// Write a JSON file with the bound address once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
@@ -159,6 +162,7 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
     config.admin_listen = Some(args.admin_listen);
     config.drain_grace = Duration::from_secs(args.drain_grace);
     config.refresh = Duration::from_millis(args.refresh_ms.max(50));
+    config.report_every = Duration::from_millis(args.report_ms.max(100));
     config.cache_dir = Some(
         args.cache_dir
             .clone()
