@@ -255,3 +255,93 @@ async fn reports_are_checked_and_series_stay_within_their_tenant() {
     assert_eq!((last.agents, last.streams, last.bytes), (2, 3, 12345));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_with_a_strict_policy_and_reports_through_the_session() {
+    let p = Plane::start("dashboard").await;
+    let alice = p.user("alice").await;
+    enroll(&p, "eu-1", "eu").await;
+
+    let (status, headers, _) = raw_get_text(&p.url, &p.ca_pem, "/", &[]).await;
+    assert_eq!(status, 303);
+    assert_eq!(headers["location"], "/dashboard");
+
+    let (status, headers, page) = raw_get_text(&p.url, &p.ca_pem, "/dashboard", &[]).await;
+    assert_eq!(status, 200);
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert!(!csp.contains("unsafe-"), "{csp}");
+    assert!(page.contains("src=\"/dashboard/app.js\"") && page.contains("id=\"your-latency\""));
+    for (path, kind) in [
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let (status, headers, body) = raw_get_text(&p.url, &p.ca_pem, path, &[]).await;
+        assert_eq!(status, 200, "{path}");
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        assert!(body.len() > 1000, "{path}");
+    }
+
+    // The page's own report: the session cookie, from our origin only.
+    let (status, headers, _) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/session",
+        &[("authorization", &format!("Bearer {alice}"))],
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(status, 204);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    let cookie = cookie.split(';').next().unwrap().to_string();
+    let body = serde_json::to_vec(&MeasurementsRequest {
+        samples: vec![sample("browser:alice", "relay:eu-1", 4_000)],
+    })
+    .unwrap();
+    let origin = p.url.clone();
+    let (status, _, json) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/measurements",
+        &[
+            ("cookie", &cookie),
+            ("origin", &origin),
+            ("content-type", "application/json"),
+        ],
+        body.clone(),
+    )
+    .await;
+    assert_eq!((status, json["stored"].as_u64()), (200, Some(1)), "{json}");
+    let (status, _, json) = raw_request(
+        &p.url,
+        &p.ca_pem,
+        "POST",
+        "/api/v1/measurements",
+        &[
+            ("cookie", &cookie),
+            ("origin", "https://evil.example"),
+            ("content-type", "application/json"),
+        ],
+        body,
+    )
+    .await;
+    assert_eq!(
+        (status, json["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+    p.stop().await;
+}
