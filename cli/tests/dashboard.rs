@@ -5,105 +5,46 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::browser::Browser;
 use common::*;
 use ferry_proto::api::{LatencyMatrixResponse, MeasurementsSeriesResponse, RegionsResponse};
 use ferry_transport::ControlClient;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-
-/// Whether Chromium is here; in CI its absence is a failure, locally a loud skip.
-fn have_chromium(test: &str) -> bool {
-    if Path::new(CHROMIUM).exists() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{test}: Chromium is not installed (apt-get install chromium), and CI must run this test"
-    );
-    eprintln!("SKIPPED {test}: Chromium is not installed (apt-get install chromium)");
-    false
-}
-
-/// Runs headless Chromium on `url` with `action` (`--dump-dom` or `--screenshot=...`),
-/// giving the page's scripts `budget` of virtual time (network waits do not use it up).
-async fn chromium(dir: &Path, url: &str, action: &str, budget: Duration) -> Result<String> {
-    let profile = dir.join(format!("chromium-profile-{}", fastrand::u32(..)));
-    let out = tokio::process::Command::new(CHROMIUM)
-        .args([
-            "--headless",
-            // Root in a container has no user namespace for the sandbox.
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            // The dev network's certificates come from its own CA.
-            "--ignore-certificate-errors",
-            "--window-size=1400,1500",
-            &format!("--virtual-time-budget={}", budget.as_millis()),
-            &format!("--user-data-dir={}", profile.display()),
-            action,
-            url,
-        ])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(90), out)
-        .await
-        .context("chromium did not finish within 90s")??;
-    if !out.status.success() {
-        bail!(
-            "chromium failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The opening tags `<tag ...>` in `html` whose attributes include `needle`, with the
-/// text up to the tag's end (enough for one table row).
-fn elements<'a>(html: &'a str, tag: &str, needle: &str) -> Vec<&'a str> {
-    let open = format!("<{tag} ");
-    let close = format!("</{tag}>");
-    let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(start) = rest.find(&open) {
-        let from = &rest[start..];
-        let tag_end = from.find('>').unwrap_or(from.len());
-        let end = from.find(&close).map_or(from.len(), |e| e + close.len());
-        if from[..tag_end].contains(needle) {
-            out.push(&from[..end]);
-        }
-        rest = &from[tag_end.min(from.len())..];
-    }
-    out
-}
-
-/// An attribute's value in an element's opening tag.
-fn attr<'a>(element: &'a str, name: &str) -> Option<&'a str> {
-    let tag = &element[..element.find('>')?];
-    let key = format!(" {name}=\"");
-    let start = tag.find(&key)? + key.len();
-    let len = tag[start..].find('"')?;
-    Some(&tag[start..start + len])
-}
-
-/// The text of the first `<td class="CLASS">` in `element`.
-fn cell_text<'a>(element: &'a str, class: &str) -> Option<&'a str> {
-    let key = format!("<td class=\"{class}\">");
-    let start = element.find(&key)? + key.len();
-    let len = element[start..].find('<')?;
-    Some(&element[start..start + len])
-}
+use serde_json::Value;
 
 /// `12.3 ms`, `0.84 ms`, `105 ms`.
 fn is_millis(text: &str) -> bool {
     text.strip_suffix(" ms")
         .is_some_and(|n| n.parse::<f64>().is_ok_and(|v| v > 0.0))
 }
+
+/// What the "your latency" panel shows, read from the page.
+const LATENCY_PANEL: &str = "(() => {
+    const p = document.querySelector('#your-latency');
+    return {
+        state: p.dataset.state,
+        chosen: p.dataset.chosen || '',
+        rows: [...p.querySelectorAll('tr.region-row')].map((r) => ({
+            region: r.dataset.region,
+            text: r.querySelector('td.rtt').textContent,
+            rtt_us: Number(r.dataset.rttUs || 0),
+            chosen: r.classList.contains('chosen'),
+            mark: r.querySelector('td.mark').textContent,
+        })),
+    };
+})()";
+
+/// The heat map's cells and the relays' rows.
+const NETWORK_PANELS: &str = "(() => ({
+    cells: [...document.querySelectorAll('#heatmap g.cell')].map((g) => ({
+        from: g.dataset.from, to: g.dataset.to, text: g.querySelector('text').textContent,
+    })),
+    relays: [...document.querySelectorAll('#relays tr[data-relay]')].map((r) => ({
+        relay: r.dataset.relay, health: r.querySelector('.badge').textContent,
+    })),
+}))()";
 
 async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
 where
@@ -125,10 +66,10 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> Result<()> {
     let test = "dashboard_draws_the_network_and_measures_your_latency_in_chromium";
-    if !have_chromium(test) {
-        return Ok(());
-    }
     let dir = TempDir::new("dashboard");
+    let Some(mut browser) = Browser::launch(test, &dir.0.join("chromium-profile")).await? else {
+        return Ok(());
+    };
     let ready = dir.0.join("ready.json");
     let data = dir.0.join("data");
     let _dev = spawn_ferry(
@@ -198,73 +139,68 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
     )
     .await?;
 
-    let dom = chromium(&dir.0, &url, "--dump-dom", Duration::from_secs(20)).await?;
-    std::fs::write(dir.0.join("dashboard.html"), &dom)?;
-    let panel = elements(&dom, "section", "id=\"your-latency\"");
-    let panel = panel.first().context("the page has the latency panel")?;
-    assert_eq!(
-        attr(panel, "data-state"),
-        Some("done"),
-        "the latency panel did not finish measuring (page dumped to dashboard.html)"
+    // The sign-in link: the page trades the fragment for a session and drops it.
+    browser.navigate(&url).await?;
+    browser
+        .wait_for(
+            "document.querySelector('#your-latency').dataset.state === 'done'",
+            Duration::from_secs(60),
+        )
+        .await?;
+    let address = browser.eval("location.href").await?;
+    assert!(
+        !address.as_str().unwrap_or_default().contains("token="),
+        "the token stays in the address bar: {address}"
     );
+    let who = browser.eval("document.querySelector('#who').textContent").await?;
+    assert_eq!(who, "signed in as dev");
 
-    // Every region shows a number; the chosen one is marked and has the lowest.
-    let rows = elements(panel, "tr", "region-row");
-    assert_eq!(rows.len(), regions.regions.len(), "one row per region");
-    let mut lowest: Option<(u64, String)> = None;
+    // Every region shows a number; the one marked is the lowest median.
+    let panel = browser.eval(LATENCY_PANEL).await?;
+    let rows = panel["rows"].as_array().context("rows")?;
+    assert_eq!(rows.len(), regions.regions.len(), "one row per region: {panel}");
     for region in &regions.regions {
         let row = rows
             .iter()
-            .find(|r| attr(r, "data-region") == Some(region.name.as_str()))
-            .with_context(|| format!("no row for region {}", region.name))?;
-        let text = cell_text(row, "rtt").unwrap_or_default();
-        assert!(
-            is_millis(text),
-            "region {}: `{text}` is not an RTT",
-            region.name
-        );
-        let rtt: u64 = attr(row, "data-rtt-us").unwrap_or_default().parse()?;
-        if lowest.as_ref().map_or(true, |(l, _)| rtt < *l) {
-            lowest = Some((rtt, region.name.clone()));
-        }
+            .find(|r| r["region"] == region.name.as_str())
+            .with_context(|| format!("no row for region {}: {panel}", region.name))?;
+        let text = row["text"].as_str().unwrap_or_default();
+        assert!(is_millis(text), "region {}: `{text}` is not an RTT", region.name);
     }
-    let chosen: Vec<&str> = rows
+    let lowest = rows
         .iter()
-        .filter(|r| attr(r, "class").is_some_and(|c| c.split(' ').any(|c| c == "chosen")))
-        .filter_map(|r| attr(r, "data-region"))
-        .collect();
-    let (_, lowest) = lowest.unwrap();
-    assert_eq!(
-        chosen,
-        [lowest.as_str()],
-        "the lowest median is the region picked"
-    );
-    assert_eq!(attr(panel, "data-chosen"), Some(lowest.as_str()));
+        .min_by_key(|r| r["rtt_us"].as_u64().unwrap_or(u64::MAX))
+        .and_then(|r| r["region"].as_str())
+        .unwrap();
+    let chosen: Vec<&Value> = rows.iter().filter(|r| r["chosen"] == true).collect();
+    assert_eq!(chosen.len(), 1, "exactly one region is marked: {panel}");
+    assert_eq!(chosen[0]["region"], lowest, "the lowest median is picked: {panel}");
+    assert!(chosen[0]["mark"].as_str().unwrap_or_default().contains("would pick"));
+    assert_eq!(panel["chosen"], lowest);
 
-    // The heat map shows the mesh RTTs the relays reported.
+    // The heat map shows the mesh RTTs the relays reported, the relays their health.
+    let network = browser.eval(NETWORK_PANELS).await?;
     for (from, to) in [("eu", "us"), ("us", "eu")] {
-        let cell = elements(&dom, "g", &format!("data-from=\"{from}\" data-to=\"{to}\""));
-        let cell = cell
-            .first()
-            .with_context(|| format!("no heat map cell {from}→{to}"))?;
-        assert!(cell.contains(" ms</text>"), "heat map {from}→{to}: {cell}");
+        let cell = network["cells"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["from"] == from && c["to"] == to)
+            .with_context(|| format!("no heat map cell {from}→{to}: {network}"))?;
+        assert!(is_millis(cell["text"].as_str().unwrap_or_default()), "{cell}");
     }
-    // The relays' panel lists every relay with its health.
     for relay in regions.regions.iter().flat_map(|g| g.relays.iter()) {
-        let row = elements(&dom, "tr", &format!("data-relay=\"{}\"", relay.name));
-        assert!(
-            row.first().is_some_and(|r| r.contains("badge ok")),
-            "relay {} is not shown healthy",
-            relay.name
-        );
+        let row = network["relays"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["relay"] == relay.name.as_str())
+            .with_context(|| format!("relay {} is not listed: {network}", relay.name))?;
+        assert_eq!(row["health"], "ok", "relay {}", relay.name);
     }
 
     // The page reported what it measured as the dev user's browser samples.
-    let relays = regions
-        .regions
-        .iter()
-        .map(|g| g.relays.len())
-        .sum::<usize>();
+    let relays = regions.regions.iter().map(|g| g.relays.len()).sum::<usize>();
     poll(
         "the page did not report a browser:dev sample for every relay",
         Duration::from_secs(10),
@@ -277,18 +213,17 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
     )
     .await?;
 
-    let shot = dir.0.join("dashboard.png");
-    chromium(
-        &dir.0,
-        &url,
-        &format!("--screenshot={}", shot.display()),
-        Duration::from_secs(20),
-    )
-    .await?;
+    let shot = browser.screenshot(&dir.0.join("dashboard.png")).await?;
     let png = std::fs::read(&shot)?;
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "the screenshot is not a picture of a page"
     );
+    let errors: Vec<&String> = browser
+        .console
+        .iter()
+        .filter(|l| l.starts_with("exception") || l.starts_with("console.error"))
+        .collect();
+    assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
     Ok(())
 }
