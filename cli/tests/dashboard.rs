@@ -152,20 +152,30 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
         !address.as_str().unwrap_or_default().contains("token="),
         "the token stays in the address bar: {address}"
     );
-    let who = browser.eval("document.querySelector('#who').textContent").await?;
+    let who = browser
+        .eval("document.querySelector('#who').textContent")
+        .await?;
     assert_eq!(who, "signed in as dev");
 
     // Every region shows a number; the one marked is the lowest median.
     let panel = browser.eval(LATENCY_PANEL).await?;
     let rows = panel["rows"].as_array().context("rows")?;
-    assert_eq!(rows.len(), regions.regions.len(), "one row per region: {panel}");
+    assert_eq!(
+        rows.len(),
+        regions.regions.len(),
+        "one row per region: {panel}"
+    );
     for region in &regions.regions {
         let row = rows
             .iter()
             .find(|r| r["region"] == region.name.as_str())
             .with_context(|| format!("no row for region {}: {panel}", region.name))?;
         let text = row["text"].as_str().unwrap_or_default();
-        assert!(is_millis(text), "region {}: `{text}` is not an RTT", region.name);
+        assert!(
+            is_millis(text),
+            "region {}: `{text}` is not an RTT",
+            region.name
+        );
     }
     let lowest = rows
         .iter()
@@ -174,8 +184,14 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
         .unwrap();
     let chosen: Vec<&Value> = rows.iter().filter(|r| r["chosen"] == true).collect();
     assert_eq!(chosen.len(), 1, "exactly one region is marked: {panel}");
-    assert_eq!(chosen[0]["region"], lowest, "the lowest median is picked: {panel}");
-    assert!(chosen[0]["mark"].as_str().unwrap_or_default().contains("would pick"));
+    assert_eq!(
+        chosen[0]["region"], lowest,
+        "the lowest median is picked: {panel}"
+    );
+    assert!(chosen[0]["mark"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("would pick"));
     assert_eq!(panel["chosen"], lowest);
 
     // The heat map shows the mesh RTTs the relays reported, the relays their health.
@@ -187,7 +203,10 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
             .flatten()
             .find(|c| c["from"] == from && c["to"] == to)
             .with_context(|| format!("no heat map cell {from}→{to}: {network}"))?;
-        assert!(is_millis(cell["text"].as_str().unwrap_or_default()), "{cell}");
+        assert!(
+            is_millis(cell["text"].as_str().unwrap_or_default()),
+            "{cell}"
+        );
     }
     for relay in regions.regions.iter().flat_map(|g| g.relays.iter()) {
         let row = network["relays"]
@@ -200,7 +219,11 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
     }
 
     // The page reported what it measured as the dev user's browser samples.
-    let relays = regions.regions.iter().map(|g| g.relays.len()).sum::<usize>();
+    let relays = regions
+        .regions
+        .iter()
+        .map(|g| g.relays.len())
+        .sum::<usize>();
     poll(
         "the page did not report a browser:dev sample for every relay",
         Duration::from_secs(10),

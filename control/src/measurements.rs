@@ -202,7 +202,7 @@ impl Viewer {
             Viewer::Admin => true,
             Viewer::User(me) => [source, target].iter().all(|end| {
                 match Endpoint::parse(end) {
-                    Ok(e) => e.tenant().map_or(true, |owner| owner == me),
+                    Ok(e) => e.tenant().is_none_or(|owner| owner == me),
                     // Only checked endpoints are stored; refuse anything else.
                     Err(_) => false,
                 }
