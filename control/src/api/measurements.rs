@@ -176,12 +176,43 @@ pub(crate) async fn series(
         m::Endpoint::parse(end).map_err(ApiError::bad_request)?;
     }
     let (since, resolution) = window(q.since, q.resolution);
-    let filter = SeriesFilter {
+    let viewer = viewer(&claims);
+    let mut filters = vec![SeriesFilter {
         source: q.from.as_deref(),
         target: q.to.as_deref(),
-        source_prefix: None,
-    };
-    let series = read_series(&state, &[filter], since, resolution, &viewer(&claims)).await?;
+        ..Default::default()
+    }];
+    // A user asking for everything gets what they may see, read as such: the mesh,
+    // their own clients, their workspaces' agents (not every tenant's rows, filtered).
+    let mut ends: Vec<String> = Vec::new();
+    if let (Viewer::User(user), None, None) = (&viewer, &q.from, &q.to) {
+        ends.push(format!("client:{user}"));
+        ends.push(format!("browser:{user}"));
+        for ws in state.store().workspaces(Some(user)).await? {
+            ends.push(format!("agent:{}", ws.label));
+        }
+    }
+    if !ends.is_empty() {
+        filters = vec![SeriesFilter {
+            source_prefix: Some("relay:"),
+            target_prefix: Some("relay:"),
+            ..Default::default()
+        }];
+        for (i, end) in ends.iter().enumerate() {
+            filters.push(SeriesFilter {
+                source: Some(end),
+                ..Default::default()
+            });
+            // Agents are measured by relays too.
+            if i >= 2 {
+                filters.push(SeriesFilter {
+                    target: Some(end),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    let series = read_series(&state, &filters, since, resolution, &viewer).await?;
     Ok(Json(MeasurementsSeriesResponse { resolution, series }))
 }
 

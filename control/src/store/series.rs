@@ -46,6 +46,8 @@ pub struct SeriesFilter<'a> {
     pub target: Option<&'a str>,
     /// The source starts with this (e.g. `relay:`).
     pub source_prefix: Option<&'a str>,
+    /// The target starts with this.
+    pub target_prefix: Option<&'a str>,
 }
 
 /// At most this many rows answer one query: a day of minutes for ~200 series.
@@ -64,12 +66,16 @@ impl SeriesFilter<'_> {
                 "source LIKE ",
                 self.source_prefix.map(|p| format!("{}%", escape_like(p))),
             ),
+            (
+                "target LIKE ",
+                self.target_prefix.map(|p| format!("{}%", escape_like(p))),
+            ),
         ];
         for (column, value) in conditions {
             if let Some(value) = value {
                 binds.push(value);
                 sql.push_str(&format!(" AND {column}${}", binds.len() + 1));
-                if column.starts_with("source LIKE") {
+                if column.ends_with("LIKE ") {
                     sql.push_str(" ESCAPE '\\'");
                 }
             }

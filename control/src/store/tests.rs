@@ -308,6 +308,25 @@ async fn latency_series_are_filtered_rolled_up_and_pruned() {
         };
         let got = store.measurements(relays_only, since).await.unwrap();
         assert!(got.iter().all(|r| r.source.starts_with("relay:")), "{b}");
+        let mesh = SeriesFilter {
+            source_prefix: Some("relay:"),
+            target_prefix: Some("relay:"),
+            ..Default::default()
+        };
+        assert_eq!(
+            store.measurements(mesh, since).await.unwrap().len(),
+            12,
+            "{b}"
+        );
+        let to_agents = SeriesFilter {
+            target_prefix: Some("agent:"),
+            ..Default::default()
+        };
+        assert!(store
+            .measurements(to_agents, since)
+            .await
+            .unwrap()
+            .is_empty());
         // `_` in a prefix is a literal, not a LIKE wildcard.
         let odd = SeriesFilter {
             source_prefix: Some("client:al_"),
