@@ -75,18 +75,14 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: Cancellati
     };
     let span = tracing::info_span!("agent", workspace = %label, remote = %conn.remote_address());
     async {
-        let (id, replaced) = shared.agents.insert(label.clone(), conn.clone());
+        // Agents connect only to relays of their home region, so ours is theirs.
+        shared.view.learn(label.as_str(), &shared.region);
+        let standby = crate::view::holds_as_standby(&shared, &label).unwrap_or(false);
+        let (id, replaced) = shared.agents.insert(label.clone(), conn.clone(), standby);
         if let Some(old) = replaced {
             tracing::warn!("a newer agent connection for this workspace replaces the old one");
             old.conn.close(ErrorCode::Draining.to_u16().into(), b"replaced by a newer connection");
         }
-        // Agents connect only to relays of their home region, so ours is theirs.
-        shared.view.learn(label.as_str(), &shared.region);
-        let standby = shared
-            .view
-            .map()
-            .placement(&shared.region, label.as_str())
-            .is_some_and(|p| p.owner.name != shared.name);
         shared.directory.report(label.as_str(), true, standby);
         tracing::info!(standby, "agent connected");
         let mut told = false;
@@ -109,7 +105,7 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: Cancellati
             }
         }
         if shared.agents.remove(&label, id) {
-            shared.directory.report(label.as_str(), false, standby);
+            shared.directory.report(label.as_str(), false, false);
         }
         tracing::info!(reason = ?conn.close_reason(), "agent disconnected");
     }

@@ -411,6 +411,25 @@ impl Network {
         }
     }
 
+    /// Polls the directory until `owner` serves `workspace` as its owner. Relays claim
+    /// and yield ownership as soon as they see the ring change; the 10 s allowed here
+    /// stays under the slower repairs (snapshots every 30 s, agents reconnecting), so
+    /// that a relay that does not reassess its role fails the test.
+    pub async fn wait_for_owner(&self, workspace: &str, owner: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dir = self.directory().await.unwrap_or_default();
+            let record = dir.iter().find(|r| r.workspace == workspace);
+            if record.and_then(|r| r.owner.as_deref()) == Some(owner) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{workspace}'s owner is not {owner}: {record:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Runs `ferry tcp` through the named relay first (`--relay`).
     pub async fn ferry_tcp_via(
         &self,

@@ -156,7 +156,7 @@ pub(crate) async fn heartbeat(
         }
         state
             .store()
-            .replace_directory(&claims.sub, &workspaces, now())
+            .replace_directory(&claims.sub, &workspaces, &req.standby, now())
             .await?;
         tracing::debug!(relay = %claims.sub, agents = workspaces.len(), "directory resynchronised");
     }
