@@ -61,6 +61,11 @@ impl AgentTable {
         self.links.iter().map(|l| l.key().to_string()).collect()
     }
 
+    /// The smoothed RTT of every agent connection (for metrics).
+    pub fn rtts(&self) -> Vec<std::time::Duration> {
+        self.links.iter().map(|l| l.conn.rtt()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.links.len()
     }

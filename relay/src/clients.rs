@@ -47,6 +47,9 @@ pub(crate) async fn accept_hello(
         }
         Err(frame) => {
             tracing::info!(remote = %conn.remote_address(), code = %frame.code, reason = %frame.message, "refused connection");
+            shared
+                .metrics
+                .refused(crate::metrics::Scope::Connection, frame.code);
             let code = frame.code;
             let _ = write_frame(&mut send, &Reply::Error(frame)).await;
             let _ = send.finish();
