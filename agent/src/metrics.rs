@@ -115,8 +115,7 @@ pub(crate) fn stream(target: &Target) -> GaugeGuard {
 }
 
 pub(crate) fn dialed(target: &Target, took: Duration) {
-    metrics::histogram!(DIAL_DURATION, "target" => target_label(target))
-        .record(took.as_secs_f64());
+    metrics::histogram!(DIAL_DURATION, "target" => target_label(target)).record(took.as_secs_f64());
 }
 
 pub(crate) fn refused(code: ErrorCode) {

@@ -229,10 +229,14 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         );
     }
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
-    println!("\n  metrics        http://{control_admin}/metrics (control plane), http://{agent_admin_addr}/metrics (agent)");
-    println!("                 one process: each of these serves the whole dev network's metrics");
     println!("    echo service 127.0.0.1:{echo_port}");
     println!("    http app     127.0.0.1:{http_port}");
+    println!(
+        "  metrics        http://{control_admin}/metrics (control plane), http://{agent_admin_addr}/metrics (agent)"
+    );
+    println!(
+        "                 (one process: each admin port serves the whole dev network's metrics)"
+    );
     if args.no_config {
         println!("\n  CLI config not written (--no-config).");
     } else {

@@ -273,7 +273,10 @@ pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     let admin = agent_admin(args.admin_listen, &agent).await?;
     let admin_addr = admin.local_addr();
     tracing::info!(workspace = %agent.workspace(), admin = %admin_addr, "agent starting");
-    println!("agent {}: admin http://{admin_addr}/readyz, metrics http://{admin_addr}/metrics", agent.workspace());
+    println!(
+        "agent {}: admin http://{admin_addr}/readyz, metrics http://{admin_addr}/metrics",
+        agent.workspace()
+    );
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,

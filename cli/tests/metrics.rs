@@ -114,8 +114,8 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
     }
     wait_metric(agent, "agent relay connections and RTT", |s| {
         let up = s.sum("ferry_agent_relay_connections", &[]);
-        let rtts = ["eu-1", "eu-2"]
-            .map(|r| s.sum("ferry_agent_relay_rtt_seconds", &[("relay", r)]));
+        let rtts =
+            ["eu-1", "eu-2"].map(|r| s.sum("ferry_agent_relay_rtt_seconds", &[("relay", r)]));
         (up != 2.0 || rtts.iter().any(|r| *r <= 0.0))
             .then(|| format!("{up} connections, RTTs {rtts:?}"))
     })
@@ -126,7 +126,11 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
     })
     .await?;
 
-    let before = [scrape(eu1).await?, scrape(agent).await?, scrape(control).await?];
+    let before = [
+        scrape(eu1).await?,
+        scrape(agent).await?,
+        scrape(control).await?,
+    ];
     const STREAMS: usize = 3;
     let payload = random_bytes(256 * 1024);
     for _ in 0..STREAMS {
@@ -149,19 +153,36 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
     };
     let relay = wait_metric(eu1, "relay counters", |s| {
         let active = s.sum("ferry_relay_streams_active", &[]);
-        let up = delta(s, "ferry_relay_forwarded_bytes_total", &[("direction", "up")]);
-        let down = delta(s, "ferry_relay_forwarded_bytes_total", &[("direction", "down")]);
-        (active != 0.0 || up != sent || down != sent)
-            .then(|| format!("{active} streams still active, {up} bytes up and {down} down of {sent}"))
+        let up = delta(
+            s,
+            "ferry_relay_forwarded_bytes_total",
+            &[("direction", "up")],
+        );
+        let down = delta(
+            s,
+            "ferry_relay_forwarded_bytes_total",
+            &[("direction", "down")],
+        );
+        (active != 0.0 || up != sent || down != sent).then(|| {
+            format!("{active} streams still active, {up} bytes up and {down} down of {sent}")
+        })
     })
     .await?;
     let n = STREAMS as f64;
     assert_eq!(
-        delta(&relay, "ferry_relay_streams_opened_total", &[("kind", "port")]),
+        delta(
+            &relay,
+            "ferry_relay_streams_opened_total",
+            &[("kind", "port")]
+        ),
         n + 1.0
     );
     assert_eq!(
-        delta(&relay, "ferry_relay_stream_setup_duration_seconds_count", &[]),
+        delta(
+            &relay,
+            "ferry_relay_stream_setup_duration_seconds_count",
+            &[]
+        ),
         n,
         "only streams the agent accepted were set up"
     );
@@ -214,7 +235,10 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
         1.0
     );
     assert_eq!(
-        agent_delta("ferry_agent_dial_duration_seconds_count", &[("target", "port")]),
+        agent_delta(
+            "ferry_agent_dial_duration_seconds_count",
+            &[("target", "port")]
+        ),
         n
     );
     assert_eq!(

@@ -38,7 +38,10 @@ async fn a_relay_at_its_stream_limit_refuses_with_overloaded_and_the_cli_goes_el
     held.read_exact(&mut buf).await?;
     assert_eq!(&buf, b"held");
     let busy = scrape(eu1).await?;
-    assert_eq!(busy.sum("ferry_relay_streams_active", &[("kind", "port")]), 1.0);
+    assert_eq!(
+        busy.sum("ferry_relay_streams_active", &[("kind", "port")]),
+        1.0
+    );
     let eu2_before = scrape(eu2).await?;
 
     // The next stream asks eu-1 first, is refused as overloaded, and succeeds on eu-2.

@@ -56,7 +56,10 @@ mod tests {
         let load = Load::new(2);
         let a = load.try_stream().expect("first slot");
         let _b = load.try_stream().expect("second slot");
-        assert!(load.try_stream().is_none(), "third stream is over the limit");
+        assert!(
+            load.try_stream().is_none(),
+            "third stream is over the limit"
+        );
         drop(a);
         assert!(load.try_stream().is_some(), "a freed slot is reusable");
     }

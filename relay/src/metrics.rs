@@ -265,7 +265,8 @@ pub(crate) fn sample(shared: &Shared) {
     let links = shared.mesh.rtts();
     m.mesh_links.set(links.len() as f64);
     for (peer, rtt) in links {
-        metrics::gauge!(MESH_RTT, "relay" => m.relay.clone(), "peer" => peer).set(rtt.as_secs_f64());
+        metrics::gauge!(MESH_RTT, "relay" => m.relay.clone(), "peer" => peer)
+            .set(rtt.as_secs_f64());
     }
     for rtt in shared.agents.rtts() {
         m.agent_rtt.record(rtt.as_secs_f64());

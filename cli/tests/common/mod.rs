@@ -707,11 +707,13 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// One series of a scrape: its name, labels and value.
+pub type Series = (String, Vec<(String, String)>, f64);
+
 /// One Prometheus scrape, parsed.
 pub struct Scrape {
     pub text: String,
-    /// (name, labels, value) per series.
-    pub series: Vec<(String, Vec<(String, String)>, f64)>,
+    pub series: Vec<Series>,
 }
 
 impl Scrape {
