@@ -150,6 +150,9 @@ pub struct RelayArgs {
     /// Streams carried at once; more are refused with `overloaded` (clients retry elsewhere)
     #[arg(long, env = "FERRY_MAX_STREAMS", default_value_t = ferry_relay::DEFAULT_MAX_STREAMS)]
     pub max_streams: usize,
+    /// Agent and client connections held at once (mesh links not counted); more are refused with `overloaded`
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = ferry_relay::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Seconds open streams may run after SIGTERM before they are cut
     #[arg(long, env = "FERRY_DRAIN_GRACE", default_value_t = 30)]
     pub drain_grace: u64,
@@ -177,6 +180,10 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         bail!("--max-streams must be at least 1");
     }
     config.max_streams = args.max_streams;
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    config.max_connections = args.max_connections;
     config.drain_grace = Duration::from_secs(args.drain_grace);
     config.refresh = Duration::from_millis(args.refresh_ms.max(50));
     config.cache_dir = Some(

@@ -110,3 +110,45 @@ async fn a_relay_at_its_stream_limit_refuses_with_overloaded_and_the_cli_goes_el
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_at_its_connection_limit_refuses_the_hello_with_overloaded() -> Result<()> {
+    let mut net = Network::start("overload-conns").await?;
+    // The agent's connection takes eu-1's only slot; mesh links are not counted.
+    net.start_relay_with("eu-1", "eu", "127.0.0.1:0", &["--max-connections", "1"])
+        .await?;
+    net.start_relay("eu-2", "eu", "127.0.0.1:0").await?;
+    let echo = echo_server().await.to_string();
+    net.start_agent("demo--dev", &[]).await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    net.wait_for_agent("demo--dev", &user).await?;
+    net.wait_for_placement("demo--dev", &["eu-1", "eu-2"])
+        .await?;
+    let eu1 = net.relay("eu-1").admin;
+    let full = scrape(eu1).await?;
+    assert_eq!(full.sum("ferry_relay_connection_limit", &[]), 1.0);
+    assert_eq!(
+        full.sum("ferry_relay_connections", &[("role", "agent")]),
+        1.0
+    );
+
+    let (ok, out, err) = net
+        .ferry_tcp_via("eu-1", &user, "demo--dev", &echo, b"via eu-2")
+        .await?;
+    assert!(ok, "{err}");
+    assert_eq!(out, b"via eu-2");
+    let refused = scrape(eu1).await?;
+    assert_eq!(
+        refused.sum(
+            "ferry_relay_refusals_total",
+            &[("scope", "connection"), ("reason", "overloaded")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        refused.sum("ferry_relay_streams_opened_total", &[]),
+        0.0,
+        "the refused client never opened a stream on eu-1"
+    );
+    Ok(())
+}

@@ -20,4 +20,4 @@ mod routing;
 mod server;
 mod view;
 
-pub use server::{Relay, RelayConfig, RelayError, DEFAULT_MAX_STREAMS};
+pub use server::{Relay, RelayConfig, RelayError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS};

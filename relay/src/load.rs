@@ -1,21 +1,39 @@
-//! The relay's load limit: how many streams it carries at once before refusing new
-//! ones with the retryable `overloaded` code (the CLI then retries on another relay,
-//! and a relay forwarding over the mesh tries the next candidate).
+//! The relay's load limits: how many streams it carries at once, and how many agent
+//! and client connections it holds, before refusing more with the retryable
+//! `overloaded` code (the CLI then retries on another relay, a relay forwarding over
+//! the mesh tries the next candidate, and an agent backs off and is meanwhile served
+//! through its standby). Mesh links are never refused: they carry other relays' load.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// Counts the streams being routed, up to a limit.
+/// Counts streams being routed and connections held, each up to its limit.
 pub(crate) struct Load {
-    active: Arc<AtomicUsize>,
+    streams: Arc<AtomicUsize>,
     max_streams: usize,
+    connections: Arc<AtomicUsize>,
+    max_connections: usize,
+}
+
+/// Takes one slot of `counter` unless it is at `max`.
+fn take(counter: &Arc<AtomicUsize>, max: usize) -> Option<LoadSlot> {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .ok()?;
+    Some(LoadSlot {
+        active: counter.clone(),
+    })
 }
 
 impl Load {
-    pub fn new(max_streams: usize) -> Load {
+    pub fn new(max_streams: usize, max_connections: usize) -> Load {
         Load {
-            active: Arc::new(AtomicUsize::new(0)),
+            streams: Arc::new(AtomicUsize::new(0)),
             max_streams,
+            connections: Arc::new(AtomicUsize::new(0)),
+            max_connections,
         }
     }
 
@@ -23,20 +41,22 @@ impl Load {
         self.max_streams
     }
 
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
     /// Takes a slot for one stream, or `None` when the relay is at its limit.
     pub fn try_stream(&self) -> Option<LoadSlot> {
-        self.active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_streams).then_some(n + 1)
-            })
-            .ok()?;
-        Some(LoadSlot {
-            active: self.active.clone(),
-        })
+        take(&self.streams, self.max_streams)
+    }
+
+    /// Takes a slot for one agent or client connection, or `None` at the limit.
+    pub fn try_connection(&self) -> Option<LoadSlot> {
+        take(&self.connections, self.max_connections)
     }
 }
 
-/// One stream's slot, given back on drop.
+/// One stream's or connection's slot, given back on drop.
 pub(crate) struct LoadSlot {
     active: Arc<AtomicUsize>,
 }
@@ -53,7 +73,7 @@ mod tests {
 
     #[test]
     fn slots_run_out_at_the_limit_and_come_back_on_drop() {
-        let load = Load::new(2);
+        let load = Load::new(2, 1);
         let a = load.try_stream().expect("first slot");
         let _b = load.try_stream().expect("second slot");
         assert!(
@@ -62,5 +82,12 @@ mod tests {
         );
         drop(a);
         assert!(load.try_stream().is_some(), "a freed slot is reusable");
+        let conn = load.try_connection().expect("connection slot");
+        assert!(
+            load.try_connection().is_none(),
+            "connections have their own limit"
+        );
+        drop(conn);
+        assert!(load.try_connection().is_some());
     }
 }

@@ -32,6 +32,7 @@ pub const MESH_LINKS: &str = "ferry_relay_mesh_links";
 pub const AGENT_RTT: &str = "ferry_relay_agent_rtt_seconds";
 pub const DRAINING: &str = "ferry_relay_draining";
 pub const STREAM_LIMIT: &str = "ferry_relay_stream_limit";
+pub const CONNECTION_LIMIT: &str = "ferry_relay_connection_limit";
 
 /// Who is on the other end of a connection, by ALPN.
 #[derive(Debug, Clone, Copy)]
@@ -156,15 +157,21 @@ fn describe() {
         Unit::Count,
         "Concurrent streams this relay carries before refusing with `overloaded` (--max-streams)."
     );
+    describe_gauge!(
+        CONNECTION_LIMIT,
+        Unit::Count,
+        "Agent and client connections this relay holds before refusing with `overloaded` (--max-connections)."
+    );
 }
 
 impl RelayMetrics {
-    pub fn new(relay: &str, max_streams: usize) -> RelayMetrics {
+    pub fn new(relay: &str, max_streams: usize, max_connections: usize) -> RelayMetrics {
         describe();
         let r = relay.to_string();
         let by_role = |name: &'static str| ROLES.map(|role| (name, r.clone(), role));
         let by_kind = |name: &'static str| KINDS.map(|kind| (name, r.clone(), kind));
         metrics::gauge!(STREAM_LIMIT, "relay" => r.clone()).set(max_streams as f64);
+        metrics::gauge!(CONNECTION_LIMIT, "relay" => r.clone()).set(max_connections as f64);
         RelayMetrics {
             connections: by_role(CONNECTIONS)
                 .map(|(n, r, role)| metrics::gauge!(n, "relay" => r, "role" => role)),

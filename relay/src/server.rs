@@ -24,6 +24,10 @@ use crate::view::View;
 /// usefully, so that only a real overload (or a deliberate limit) refuses streams.
 pub const DEFAULT_MAX_STREAMS: usize = 100_000;
 
+/// Default for [`RelayConfig::max_connections`]: agents are idle most of the time,
+/// and one relay holds tens of thousands of them.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+
 /// How a relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -50,6 +54,9 @@ pub struct RelayConfig {
     /// Streams (from clients and other relays) carried at once; more are refused with
     /// the retryable `overloaded`.
     pub max_streams: usize,
+    /// Agent and client connections held at once (mesh links are not counted); more
+    /// are refused at their hello with `overloaded`.
+    pub max_connections: usize,
     /// How long open streams may run once draining starts.
     pub drain_grace: Duration,
     /// How often the region map and directory are refreshed and the heartbeat sent.
@@ -83,6 +90,7 @@ impl RelayConfig {
             go_away_jitter: Duration::from_millis(500),
             cache_dir: None,
             max_streams: DEFAULT_MAX_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -264,8 +272,12 @@ impl Relay {
             mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
             drain: Drain::default(),
             go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),
-            metrics: crate::metrics::RelayMetrics::new(&config.name, config.max_streams),
-            load: crate::load::Load::new(config.max_streams),
+            metrics: crate::metrics::RelayMetrics::new(
+                &config.name,
+                config.max_streams,
+                config.max_connections,
+            ),
+            load: crate::load::Load::new(config.max_streams, config.max_connections),
         });
         // Know the map before the first agent arrives, so its role is reported right.
         if let Err(e) = shared.view.refresh_map().await {
@@ -430,6 +442,16 @@ async fn serve_connection(
         _ => None,
     };
     let _open = role.map(|role| shared.metrics.connection(role, handshake));
+    // Agents and clients count against the connection limit; mesh links never do.
+    let _slot = match role {
+        Some(crate::metrics::Role::Agent | crate::metrics::Role::Client) => {
+            match shared.load.try_connection() {
+                Some(slot) => Some(slot),
+                None => return crate::clients::refuse_overloaded(&shared, &conn).await,
+            }
+        }
+        _ => None,
+    };
     if matches!(protocol.as_deref(), Some(p) if p == alpn::CLIENT || p == alpn::MESH) {
         conn.set_max_concurrent_bi_streams(shared.stream_allowance.into());
     }
