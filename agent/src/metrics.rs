@@ -67,14 +67,16 @@ pub fn describe() {
         Unit::Bytes,
         "Bytes spliced, by direction (up: into the workspace, down: back out)."
     );
-    metrics::gauge!(RELAY_CONNECTIONS).set(0.0);
-    metrics::counter!(RELAY_CONNECT_FAILURES).absolute(0);
+    // Registering, not resetting: adding zero leaves what another agent in this
+    // process (tests, benchmarks) recorded.
+    metrics::gauge!(RELAY_CONNECTIONS).increment(0.0);
+    metrics::counter!(RELAY_CONNECT_FAILURES).increment(0);
     for target in TARGETS {
-        metrics::counter!(STREAMS, "target" => target).absolute(0);
-        metrics::gauge!(STREAMS_ACTIVE, "target" => target).set(0.0);
+        metrics::counter!(STREAMS, "target" => target).increment(0);
+        metrics::gauge!(STREAMS_ACTIVE, "target" => target).increment(0.0);
     }
     for direction in ["up", "down"] {
-        metrics::counter!(BYTES, "direction" => direction).absolute(0);
+        metrics::counter!(BYTES, "direction" => direction).increment(0);
     }
 }
 

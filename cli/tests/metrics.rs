@@ -247,6 +247,12 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
     );
 
     // The control plane: each `ferry tcp` fetched the region map; relays beat.
+    // A path that matches no route counts under one label, whatever the path.
+    let nope = net
+        .control_client()
+        .get::<serde_json::Value>("/api/v1/no-such-route-demo--dev", Some(&user))
+        .await;
+    assert!(nope.is_err());
     // Heartbeats come every few seconds (a long poll), so wait for the next one.
     let control_after = wait_metric(control, "heartbeats", |s| {
         let beats = s.sum("ferry_control_heartbeats_total", &[]);
@@ -270,6 +276,12 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
             &[("route", "/api/v1/workspaces/{label}/route")]
         ),
         "requests are labelled by route template, not by workspace"
+    );
+    assert!(
+        control_after.sum(
+            "ferry_control_http_requests_total",
+            &[("route", "unmatched"), ("status", "404")]
+        ) >= 1.0
     );
     assert!(
         !control_after.text.contains("demo--dev"),

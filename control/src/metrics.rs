@@ -48,8 +48,9 @@ pub(crate) fn describe() {
         Unit::Count,
         "Requests and upkeep that failed on the store (database)."
     );
-    metrics::counter!(HEARTBEATS).absolute(0);
-    metrics::counter!(STORE_ERRORS).absolute(0);
+    // Registering (not resetting: a second plane in one process shares the series).
+    metrics::counter!(HEARTBEATS).increment(0);
+    metrics::counter!(STORE_ERRORS).increment(0);
 }
 
 /// Middleware: counts and times every request.
@@ -59,11 +60,22 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
-    let method = req.method().as_str().to_string();
+    // HTTP allows any token as a method: only the standard ones become label values,
+    // so that a client cannot grow the series without bound.
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
     let started = Instant::now();
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
-    metrics::histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method.clone())
+    metrics::histogram!(HTTP_DURATION, "route" => route.clone(), "method" => method)
         .record(started.elapsed().as_secs_f64());
     metrics::counter!(HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);
