@@ -49,7 +49,7 @@ pub fn describe() {
     describe_counter!(
         STREAMS,
         Unit::Count,
-        "Streams served, by target (port, ssh, terminal)."
+        "Streams relays opened to this agent (refused ones included), by target (port, ssh, terminal)."
     );
     describe_gauge!(STREAMS_ACTIVE, Unit::Count, "Streams open now, by target.");
     describe_histogram!(
