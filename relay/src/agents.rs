@@ -96,6 +96,11 @@ impl AgentTable {
         changed
     }
 
+    /// The smoothed RTT of every agent connection (for metrics).
+    pub fn rtts(&self) -> Vec<std::time::Duration> {
+        self.links.iter().map(|l| l.conn.rtt()).collect()
+    }
+
     pub fn len(&self) -> usize {
         self.links.len()
     }

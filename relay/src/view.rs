@@ -237,6 +237,7 @@ pub(crate) async fn refresh_loop(shared: Arc<Shared>, every: Duration, stop: Can
             });
         }
         while dials.join_next().await.is_some() {}
+        crate::metrics::sample(&shared);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

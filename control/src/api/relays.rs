@@ -139,6 +139,7 @@ pub(crate) async fn heartbeat(
 ) -> ApiResult<HeartbeatResponse> {
     let claims = authorize(&state, &headers, &[TokenKind::Relay]).await?;
     let req = body(req)?;
+    crate::metrics::heartbeat();
     if !state
         .store()
         .heartbeat(&claims.sub, now(), req.draining)
