@@ -85,7 +85,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     });
     let mut tasks = JoinSet::new();
 
-    let plane = ControlPlane::bind(&ControlConfig {
+    let mut plane = ControlPlane::bind(&ControlConfig {
         data_dir: data_dir.clone(),
         listen: ([127, 0, 0, 1], args.control_port).into(),
         names: vec!["127.0.0.1".into(), "localhost".into()],
@@ -94,6 +94,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     .await
     .context("starting the control plane (is another `ferry dev` running? try --control-port 0)")?;
     let control_url = format!("https://127.0.0.1:{}", plane.local_addr().port());
+    let loopback_any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    // One process, one metrics registry: every admin port below serves the whole dev
+    // network's metrics (relay series carry a `relay` label).
+    let control_admin = plane.bind_admin(loopback_any).await?;
     let ca_pem = plane.state().ca().cert_pem().to_string();
     let ca_file = ferry_certs::Ca::cert_path(&data_dir);
     let workspace = ferry_proto::WorkspaceLabel::new(DEMO_WORKSPACE, DEV_USER)?;
@@ -143,10 +147,16 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         // The dashboard's heat map fills within seconds.
         config.report_every = Duration::from_secs(3);
         config.cache_dir = Some(data_dir.join("relay-cache"));
+        config.admin_listen = Some(loopback_any);
         let relay = Relay::start(config, cancel.clone())
             .await
             .with_context(|| format!("starting relay {name}"))?;
-        relays.push(serde_json::json!({ "name": name, "region": region, "addr": relay.local_addr().to_string() }));
+        relays.push(serde_json::json!({
+            "name": name,
+            "region": region,
+            "addr": relay.local_addr().to_string(),
+            "admin_addr": relay.admin_addr().map(|a| a.to_string()),
+        }));
         tasks.spawn(relay.run());
     }
 
@@ -159,6 +169,9 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     let mut agent_config = AgentConfig::new(control_url.clone(), ca_pem.clone(), agent_token);
     agent_config.region = args.regions.first().cloned();
     let agent = Agent::new(agent_config)?;
+    let agent_admin = crate::cmd_servers::agent_admin(loopback_any, &agent).await?;
+    let agent_admin_addr = agent_admin.local_addr();
+    tasks.spawn(agent_admin.serve(cancel.clone()));
     let mut status = agent.status();
     let agent_cancel = cancel.clone();
     tasks.spawn(async move {
@@ -212,10 +225,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     );
     for r in &relays {
         println!(
-            "  relay {:<8} region {:<6} quic://{}",
+            "  relay {:<8} region {:<6} quic://{}   metrics http://{}/metrics",
             r["name"].as_str().unwrap_or(""),
             r["region"].as_str().unwrap_or(""),
-            r["addr"].as_str().unwrap_or("")
+            r["addr"].as_str().unwrap_or(""),
+            r["admin_addr"].as_str().unwrap_or("")
         );
     }
     println!("  dashboard      {dashboard_url}");
@@ -226,6 +240,12 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
     println!("    echo service 127.0.0.1:{echo_port}");
     println!("    http app     127.0.0.1:{http_port}");
+    println!(
+        "  metrics        http://{control_admin}/metrics (control plane), http://{agent_admin_addr}/metrics (agent)"
+    );
+    println!(
+        "                 (one process: each admin port serves the whole dev network's metrics)"
+    );
     if args.no_config {
         println!("\n  CLI config not written (--no-config).");
     } else {
@@ -249,6 +269,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
                 "echo_port": echo_port,
                 "http_port": http_port,
                 "relays": relays,
+                "control_admin_addr": control_admin.to_string(),
+                "agent_admin_addr": agent_admin_addr.to_string(),
             }),
         )?;
     }

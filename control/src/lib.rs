@@ -10,6 +10,7 @@ pub mod dashboard;
 pub mod keyring;
 mod limiter;
 pub mod measurements;
+mod metrics;
 mod server;
 mod state;
 pub mod store;

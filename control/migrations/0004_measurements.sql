@@ -1,4 +1,4 @@
--- ferry control plane schema, version 2: latency time series and relay load.
+-- ferry control plane schema, version 4: latency time series and relay load.
 -- Same portability rules as version 1 (TEXT and BIGINT only): a loss fraction is kept
 -- in parts per million.
 
