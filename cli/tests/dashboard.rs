@@ -236,6 +236,13 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
     )
     .await?;
 
+    // The whole dashboard in one picture.
+    browser
+        .call(
+            "Emulation.setDeviceMetricsOverride",
+            serde_json::json!({ "width": 1400, "height": 1500, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await?;
     let shot = browser.screenshot(&dir.0.join("dashboard.png")).await?;
     let png = std::fs::read(&shot)?;
     assert!(

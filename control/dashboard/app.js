@@ -181,7 +181,7 @@ function renderThroughput(load) {
   const color = (i) => PALETTE[i % PALETTE.length];
   const chart = (title, pick, fmt) => h('div', {},
     h('p', { class: 'chart-title' }, title),
-    lineChart(relays.map((r, i) => ({ name: r.relay, color: color(i), points: pick(r) })), { fmt, height: 170, label: title, empty: 'No heartbeats recorded yet.' }));
+    lineChart(relays.map((r, i) => ({ name: r.relay, color: color(i), points: pick(r) })), { fmt, height: 170, label: title, empty: 'Not enough heartbeats recorded yet.' }));
   body.replaceChildren(
     chart('Throughput (bytes/s)', (r) => throughput(r.points), (v) => fmtBytes(v) + '/s'),
     chart('Agents connected', (r) => r.points.map((p) => [p.at_ms, p.agents]), fmtCount),

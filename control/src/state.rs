@@ -56,6 +56,9 @@ pub const HEALTHY_SECS: i64 = 10;
 /// Past this silence a relay is unreachable (and not offered to new sessions).
 pub const UNREACHABLE_SECS: i64 = 30;
 
+/// When a relay's load was last recorded (Unix ms), with its (agents, streams) then.
+pub(crate) type LoadMark = (i64, (u64, u64));
+
 /// Everything the control plane knows.
 pub struct State {
     ca: Ca,
@@ -67,8 +70,9 @@ pub struct State {
     changes: tokio::sync::watch::Sender<u64>,
     /// Fires when the server begins to shut down, so held requests answer at once.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
-    /// When this replica last recorded each relay's load (Unix ms), to thin it out.
-    pub(crate) load_marks: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// When this replica last recorded each relay's load (Unix ms) and its agents and
+    /// streams then, to thin the history out.
+    pub(crate) load_marks: std::sync::Mutex<std::collections::HashMap<String, LoadMark>>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {

@@ -354,8 +354,9 @@ pub(crate) async fn relay_load(
     Ok(Json(RelayLoadResponse { relays }))
 }
 
-/// Records a relay's load from its heartbeat, at most every [`LOAD_EVERY_MS`] per relay
-/// (relays beat every couple of seconds, on two paths).
+/// Records a relay's load from its heartbeat: at most every [`LOAD_EVERY_MS`] per relay
+/// (relays beat every couple of seconds, on two paths), or sooner when its agents or
+/// streams changed, so that the charts show a change at once.
 pub(crate) async fn record_load(
     state: &State,
     relay: &str,
@@ -364,13 +365,14 @@ pub(crate) async fn record_load(
     let now = now_ms();
     {
         let mut marks = state.load_marks.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = (req.agents, req.streams);
         if marks
             .get(relay)
-            .is_some_and(|last| now - *last < LOAD_EVERY_MS)
+            .is_some_and(|(last, seen)| now - *last < LOAD_EVERY_MS && *seen == counts)
         {
             return Ok(());
         }
-        marks.insert(relay.to_string(), now);
+        marks.insert(relay.to_string(), (now, counts));
     }
     let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
     state
