@@ -5,6 +5,7 @@
 
 mod client;
 mod cpu;
+mod hol;
 mod idle;
 mod latency;
 mod paths;
@@ -71,6 +72,21 @@ enum Bench {
         /// Unrecorded round trips first [default: 1000, smoke 50]
         #[arg(long)]
         warmup: Option<usize>,
+        /// Message size in bytes
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Head-of-line blocking: open-loop echo latency, unloaded and beside a bulk download on the same path
+    Hol {
+        /// Echoes per second
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds per trial and phase [default: 5, smoke 1]
+        #[arg(long)]
+        secs: Option<f64>,
+        /// Trials per phase, alternating unloaded and loaded; medians are reported [default: 3, smoke 1]
+        #[arg(long)]
+        trials: Option<usize>,
         /// Message size in bytes
         #[arg(long, default_value_t = 64)]
         size: usize,
@@ -222,6 +238,22 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
                 size: size.max(8),
             };
             latency::run(paths, &settings, cli.smoke, &json("latency"), time).await
+        }
+        Bench::Hol {
+            rate,
+            secs,
+            trials,
+            size,
+        } => {
+            let settings = hol::Settings {
+                rate: rate.max(1),
+                secs: secs
+                    .unwrap_or(if cli.smoke { 1.0 } else { 5.0 })
+                    .clamp(0.1, 3600.0),
+                trials: trials.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1),
+                size: size.max(8),
+            };
+            hol::run(paths, &settings, cli.smoke, &json("hol"), time).await
         }
         Bench::Setup {
             trials,
