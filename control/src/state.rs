@@ -67,6 +67,10 @@ pub struct State {
     changes: tokio::sync::watch::Sender<u64>,
     /// Fires when the server begins to shut down, so held requests answer at once.
     pub(crate) stopping: tokio_util::sync::CancellationToken,
+    /// Agents' latest metadata readings, by workspace label: live values resent every
+    /// few seconds, so they are kept in memory (per replica, gone at restart) rather
+    /// than written to the store on every update.
+    pub(crate) metadata: crate::metadata::MetadataTable,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -166,6 +170,7 @@ impl State {
             logins: LoginLimiter::default(),
             changes: tokio::sync::watch::Sender::new(0),
             stopping: tokio_util::sync::CancellationToken::new(),
+            metadata: Default::default(),
         })
     }
 

@@ -5,6 +5,7 @@
 //! The routes are listed once, in [`ROUTES`], which the OpenAPI test checks against
 //! `control/openapi.json`.
 
+mod agents;
 mod relays;
 mod users;
 mod workspaces;
@@ -60,6 +61,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/workspaces/{label}"),
     ("delete", "/api/v1/workspaces/{label}"),
     ("get", "/api/v1/workspaces/{label}/route"),
+    ("get", "/api/v1/workspaces/{label}/metadata"),
+    ("post", "/api/v1/agents/metadata"),
     ("post", "/api/v1/workspaces/{label}/agent-tokens"),
     ("get", "/api/v1/workspaces/{label}/agent-tokens"),
     ("delete", "/api/v1/workspaces/{label}/agent-tokens/{id}"),
@@ -266,6 +269,8 @@ pub fn router(state: Arc<State>) -> Router {
             get(workspaces::show).delete(workspaces::remove),
         )
         .route("/api/v1/workspaces/{label}/route", get(workspaces::route))
+        .route("/api/v1/workspaces/{label}/metadata", get(agents::metadata))
+        .route("/api/v1/agents/metadata", post(agents::update_metadata))
         .route(
             "/api/v1/workspaces/{label}/agent-tokens",
             post(workspaces::create_agent_token).get(workspaces::list_agent_tokens),

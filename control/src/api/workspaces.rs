@@ -41,7 +41,11 @@ fn unknown(label: &str) -> ApiError {
 }
 
 /// The workspace `label` if the caller may see it (its owner, or an admin).
-async fn owned(state: &State, claims: &Claims, label: &str) -> Result<WorkspaceRow, ApiError> {
+pub(crate) async fn owned(
+    state: &State,
+    claims: &Claims,
+    label: &str,
+) -> Result<WorkspaceRow, ApiError> {
     let parsed = WorkspaceLabel::parse(label).map_err(|_| unknown(label))?;
     if claims.kind == TokenKind::User && parsed.owner() != claims.sub {
         return Err(unknown(label));
@@ -150,6 +154,7 @@ pub(crate) async fn remove(
         state.revoke_token(&t.jti).await?;
     }
     state.store().delete_workspace(&ws.label).await?;
+    state.metadata.remove(&ws.label);
     tracing::info!(workspace = %ws.label, "workspace deleted");
     Ok(StatusCode::NO_CONTENT)
 }
