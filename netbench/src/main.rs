@@ -11,6 +11,7 @@ mod latency;
 mod paths;
 mod procs;
 mod report;
+mod scale;
 mod server;
 mod setup;
 mod stats;
@@ -49,6 +50,39 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Many users, workspaces and agents with sessions, app traffic and dashboards at once (one relay, one control plane)
+    Scale {
+        /// Users, workspaces and agents [default: 2000, smoke 20]
+        #[arg(long)]
+        agents: Option<usize>,
+        /// Seconds of traffic [default: 60, smoke 3]
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Concurrent echo sessions (SSH-like, 64 B every 100 ms) [default: 100, smoke 2]
+        #[arg(long)]
+        echo_sessions: Option<usize>,
+        /// Concurrent terminal sessions (a shell each, a command every second) [default: 10, smoke 1]
+        #[arg(long)]
+        terminals: Option<usize>,
+        /// Concurrent app clients (an HTTP request on a new stream every 100 ms) [default: 20, smoke 2]
+        #[arg(long)]
+        app_clients: Option<usize>,
+        /// Concurrent dashboard users (a page load every 2 s) [default: 10, smoke 1]
+        #[arg(long)]
+        dashboards: Option<usize>,
+        /// Seconds between an agent's metadata reports [default: 10, smoke 1]
+        #[arg(long)]
+        metadata_interval: Option<f64>,
+        /// Seconds between an agent's region map fetches
+        #[arg(long, default_value_t = 30)]
+        map_refresh: u64,
+        /// API calls in flight while creating and deleting
+        #[arg(long, default_value_t = 8)]
+        api_concurrency: usize,
+        /// Agents coming up at once
+        #[arg(long, default_value_t = 32)]
+        connect_concurrency: usize,
+    },
     /// Bulk transfer speed in Gbit/s, both directions
     Throughput {
         /// Bytes per transfer (suffixes K, M, G, KiB, MiB, GiB) [default: 1GiB, smoke 8MiB]
@@ -184,6 +218,48 @@ async fn run(cli: Cli) -> Result<()> {
             .unwrap_or_else(|| report::default_json_path("idle", time));
         return idle::run(&ferry_bin, &settings, cli.smoke, &json, time).await;
     }
+    if let Bench::Scale {
+        agents,
+        secs,
+        echo_sessions,
+        terminals,
+        app_clients,
+        dashboards,
+        metadata_interval,
+        map_refresh,
+        api_concurrency,
+        connect_concurrency,
+    } = &cli.bench
+    {
+        let smoke = cli.smoke;
+        let pick = |v: Option<usize>, full: usize, tiny: usize| {
+            v.unwrap_or(if smoke { tiny } else { full })
+        };
+        let settings = scale::Settings {
+            agents: pick(*agents, 2000, 20).max(1),
+            api_concurrency: (*api_concurrency).max(1),
+            connect_concurrency: (*connect_concurrency).max(1),
+            map_refresh_secs: (*map_refresh).max(1),
+            metadata_interval_secs: metadata_interval
+                .unwrap_or(if smoke { 1.0 } else { 10.0 })
+                .clamp(0.1, 3600.0),
+            traffic_secs: secs.unwrap_or(if smoke { 3 } else { 60 }).max(1),
+            echo_sessions: pick(*echo_sessions, 100, 2),
+            echo_interval_ms: 100,
+            terminals: pick(*terminals, 10, 1),
+            terminal_interval_ms: 1000,
+            app_clients: pick(*app_clients, 20, 2),
+            app_interval_ms: 100,
+            dashboards: pick(*dashboards, 10, 1),
+            dashboard_interval_ms: 2000,
+        };
+        let time = report::unix_time();
+        let json = cli
+            .json
+            .clone()
+            .unwrap_or_else(|| report::default_json_path("scale", time));
+        return scale::run(&ferry_bin, &settings, cli.smoke, &json, time).await;
+    }
     let server = server::Server::start()?;
     let opts = paths::Options {
         ferry_bin,
@@ -271,7 +347,9 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             };
             setup::run(paths, &settings, cli.smoke, &json("setup"), time).await
         }
-        Bench::Idle { .. } => bail!("idle runs without the paths (see `run`)"),
+        Bench::Idle { .. } | Bench::Scale { .. } => {
+            bail!("idle and scale run without the paths (see `run`)")
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! PSS and its CPU over an idle window. Memory per agent is the PSS slope between
 //! steps, against the 40 KiB target. Any agent dropped while idle fails the run.
 
-mod network;
+pub mod network;
 mod swarm;
 
 use std::path::Path;
