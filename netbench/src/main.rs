@@ -15,6 +15,7 @@ mod scale;
 mod server;
 mod setup;
 mod stats;
+mod summary;
 mod throughput;
 mod tmp;
 
@@ -50,6 +51,15 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Markdown summary and a self-contained HTML page with charts from the JSON of runs
+    Report {
+        /// JSON reports, or directories holding them (e.g. netbench/results)
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where to write report.md and report.html [default: the first input's directory]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Many users, workspaces and agents with sessions, app traffic and dashboards at once (one relay, one control plane)
     Scale {
         /// Users, workspaces and agents [default: 2000, smoke 20]
@@ -182,6 +192,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Bench::Report { inputs, out } = &cli.bench {
+        let out = out.clone().unwrap_or_else(|| {
+            let first = &inputs[0];
+            if first.is_dir() {
+                first.clone()
+            } else {
+                first
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            }
+        });
+        let (md, html) = summary::write(inputs, &out)?;
+        println!("wrote {} and {}", md.display(), html.display());
+        return Ok(());
+    }
     let ferry_bin = paths::locate_ferry(cli.ferry.clone())?;
     if let Bench::Idle {
         agents,
@@ -347,8 +374,8 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             };
             setup::run(paths, &settings, cli.smoke, &json("setup"), time).await
         }
-        Bench::Idle { .. } | Bench::Scale { .. } => {
-            bail!("idle and scale run without the paths (see `run`)")
+        Bench::Idle { .. } | Bench::Scale { .. } | Bench::Report { .. } => {
+            bail!("idle, scale and report run without the paths (see `run`)")
         }
     }
 }
