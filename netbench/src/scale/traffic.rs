@@ -59,13 +59,13 @@ pub async fn open(
     target: Target,
 ) -> Result<(SendStream, RecvStream)> {
     let label = WorkspaceLabel::parse(workspace).context("workspace label")?;
-    Ok(dial::open_stream(
+    dial::open_stream(
         &session.conn,
         &StreamHeader::new(label, target),
         dial::STREAM_REPLY_TIMEOUT,
     )
     .await
-    .with_context(|| format!("opening a stream to {workspace}"))?)
+    .with_context(|| format!("opening a stream to {workspace}"))
 }
 
 /// One echo session: connect, open the stream, then a 64-byte round trip every

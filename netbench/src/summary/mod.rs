@@ -605,7 +605,7 @@ mod tests {
         });
         std::fs::write(dir.join("latency-1.json"), json.to_string()).unwrap();
         std::fs::write(dir.join("other.json"), "{\"x\": 1}").unwrap();
-        let (md, html) = write(&[dir.clone()], &dir.join("out")).unwrap();
+        let (md, html) = write(std::slice::from_ref(&dir), &dir.join("out")).unwrap();
         let md = std::fs::read_to_string(md).unwrap();
         let html = std::fs::read_to_string(html).unwrap();
         assert!(md.contains("| direct | 20.0 | 30.0 | 40.0 |"), "{md}");
