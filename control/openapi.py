@@ -42,6 +42,10 @@ schemas = {
  "WorkspaceInfo": obj({"label": s, "name": s, "owner": s, "created_at": i}, ["label", "name", "owner", "created_at"]),
  "WorkspacesResponse": obj({"workspaces": {"type": "array", "items": S("WorkspaceInfo")}}, ["workspaces"]),
  "RouteResponse": obj({"workspace": s, "relay": S("RelayInfo")}, ["workspace", "relay"]),
+ "MetadataItem": obj({"key": s, "value": s}, ["key", "value"]),
+ "AgentMetadataRequest": obj({"items": {"type": "array", "items": S("MetadataItem")}}, ["items"]),
+ "MetadataReading": obj({"key": s, "value": s, "updated_at": i}, ["key", "value", "updated_at"]),
+ "WorkspaceMetadataResponse": obj({"workspace": s, "items": {"type": "array", "items": S("MetadataReading")}}, ["workspace", "items"]),
 }
 def err(desc): return {"description": desc, "content": {"application/json": {"schema": S("Error")}}}
 def ok(schema, code="200", desc="OK"):
@@ -95,6 +99,8 @@ paths = {
    "get": op("One workspace", ["user", "admin"], "WorkspaceInfo", errors=nf("unknown_workspace"), params=WS),
    "delete": op("Delete a workspace and revoke its agent tokens", ["user", "admin"], None, errors=nf("unknown_workspace"), params=WS, code="204")},
  "/api/v1/workspaces/{label}/route": {"get": op("Where the workspace's agent is connected", ["user", "admin"], "RouteResponse", errors=nf("unknown_workspace", "agent_not_connected"), params=WS)},
+ "/api/v1/workspaces/{label}/metadata": {"get": op("The latest metadata readings of the workspace's agent, sorted by key", ["user", "admin"], "WorkspaceMetadataResponse", errors=nf("unknown_workspace"), params=WS)},
+ "/api/v1/agents/metadata": {"post": op("An agent reports metadata readings for its workspace; each item replaces its key's value", ["agent"], None, "AgentMetadataRequest", [(400, "`bad_request` (malformed JSON, unknown fields, a bad key or an oversized value) or `too_many_keys` (more than 32 keys per workspace)"), (404, "`unknown_workspace`: the token's workspace does not exist")], code="204")},
  "/api/v1/workspaces/{label}/agent-tokens": {
    "post": op("Create an agent token for the workspace", ["user", "admin"], "NewTokenResponse", "CreateTokenRequest", nf("unknown_workspace"), params=WS, code="201"),
    "get": op("List the workspace's agent tokens", ["user", "admin"], "TokensResponse", errors=nf("unknown_workspace"), params=WS)},
