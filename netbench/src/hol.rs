@@ -51,6 +51,10 @@ pub struct Phase {
     pub cdf: Vec<stats::CdfPoint>,
     /// Median bulk download speed while the echoes ran (loaded phase only).
     pub bulk_gbps: Option<f64>,
+    /// UDP datagrams the kernel dropped for a full receive buffer during the phase's
+    /// trials, machine-wide (other programs' too): a lost QUIC packet waits for a
+    /// probe timeout, tens of milliseconds. None where /proc/net/snmp is unreadable.
+    pub udp_rcvbuf_drops: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -182,7 +186,27 @@ async fn loaded_trial(addr: SocketAddr, settings: &Settings) -> Result<(Trial, f
     Ok((trial, stats::gbps(moved, elapsed)))
 }
 
-fn phase(trials: &[Trial], bulk: &[f64]) -> Phase {
+/// The kernel's count of UDP datagrams dropped for a full receive buffer (IPv4 and
+/// IPv6), from /proc/net/snmp and /proc/net/snmp6.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let v4 = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut lines = v4.lines().filter(|l| l.starts_with("Udp:"));
+    let (header, values) = (lines.next()?, lines.next()?);
+    let col = header
+        .split_whitespace()
+        .position(|c| c == "RcvbufErrors")?;
+    let mut total: u64 = values.split_whitespace().nth(col)?.parse().ok()?;
+    if let Ok(v6) = std::fs::read_to_string("/proc/net/snmp6") {
+        total += v6
+            .lines()
+            .find_map(|l| l.strip_prefix("Udp6RcvbufErrors"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(total)
+}
+
+fn phase(trials: &[Trial], bulk: &[f64], drops: Option<u64>) -> Phase {
     let per_trial: Vec<Latency> = trials
         .iter()
         .map(|t| Latency::from_samples(&t.samples))
@@ -201,22 +225,33 @@ fn phase(trials: &[Trial], bulk: &[f64]) -> Phase {
         samples: all.len(),
         cdf: stats::cdf(&all),
         bulk_gbps: (!bulk.is_empty()).then(|| stats::median(bulk)),
+        udp_rcvbuf_drops: drops,
     }
 }
 
 async fn measure(addr: SocketAddr, settings: &Settings) -> Result<PathResult> {
     let (mut unloaded, mut loaded, mut speeds) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut quiet_drops, mut loaded_drops) = (Some(0u64), Some(0u64));
+    let add = |sum: &mut Option<u64>, before: Option<u64>| {
+        *sum = sum
+            .zip(before.zip(udp_rcvbuf_errors()))
+            .map(|(s, (b, a))| s + a.saturating_sub(b));
+    };
     // Alternate the phases so that a noisy minute on the shared machine hits both.
     for _ in 0..settings.trials {
+        let before = udp_rcvbuf_errors();
         unloaded.push(open_loop(addr, settings).await.context("unloaded echoes")?);
+        add(&mut quiet_drops, before);
+        let before = udp_rcvbuf_errors();
         let (trial, gbps) = loaded_trial(addr, settings)
             .await
             .context("echoes beside a bulk download")?;
+        add(&mut loaded_drops, before);
         loaded.push(trial);
         speeds.push(gbps);
     }
-    let unloaded = phase(&unloaded, &[]);
-    let loaded = phase(&loaded, &speeds);
+    let unloaded = phase(&unloaded, &[], quiet_drops);
+    let loaded = phase(&loaded, &speeds, loaded_drops);
     Ok(PathResult {
         p99_ratio: loaded.p99_us / unloaded.p99_us,
         unloaded,
@@ -271,6 +306,7 @@ pub async fn run(
         "+bulk p99.9",
         "p99 ratio",
         "bulk Gbit/s",
+        "UDP drops",
     ]);
     for path in &paths.list {
         if let Some(r) = results.get(path.key) {
@@ -284,10 +320,14 @@ pub async fn run(
                 format!("{:.1}", r.loaded.p999_us),
                 format!("{:.1}x", r.p99_ratio),
                 fmt_opt(r.loaded.bulk_gbps, 2),
+                r.loaded
+                    .udp_rcvbuf_drops
+                    .map_or_else(|| "-".into(), |d| d.to_string()),
             ]);
         }
     }
     table.print();
+    println!("UDP drops: datagrams dropped for full receive buffers during the loaded trials, machine-wide");
     report::print_unmeasured(paths);
 
     Report::for_paths(

@@ -268,6 +268,7 @@ fn latency(doc: &mut Doc, run: &Run) {
             y_scale: Scale::Log,
             x_ticks: nines_ticks(),
             series,
+            paired: false,
         }
         .render(),
     );
@@ -330,6 +331,7 @@ fn hol(doc: &mut Doc, run: &Run) {
             y_scale: Scale::Log,
             x_ticks: nines_ticks(),
             series,
+            paired: true,
         }
         .render(),
     );
@@ -444,6 +446,7 @@ fn idle(doc: &mut Doc, run: &Run) {
                 ("since previous step".into(), slope),
                 ("since no agents".into(), average),
             ],
+            paired: false,
         }
         .render(),
     );
@@ -546,6 +549,7 @@ fn scale(doc: &mut Doc, run: &Run) {
             y_scale: Scale::Log,
             x_ticks: nines_ticks(),
             series,
+            paired: false,
         }
         .render(),
     );

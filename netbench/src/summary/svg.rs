@@ -179,9 +179,20 @@ pub struct Lines<'a> {
     pub y_scale: Scale,
     pub x_ticks: Vec<(f64, String)>,
     pub series: Vec<(String, Vec<(f64, f64)>)>,
+    /// Series come in pairs (a baseline and its variant): each pair shares a colour,
+    /// the second of the pair dashed.
+    pub paired: bool,
 }
 
 impl Lines<'_> {
+    fn style(&self, i: usize) -> (&'static str, &'static str) {
+        if self.paired {
+            (colour(i / 2), if i % 2 == 1 { "6 4" } else { "none" })
+        } else {
+            (colour(i), "none")
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = open(self.title);
         let pts = || self.series.iter().flat_map(|(_, p)| p.iter());
@@ -279,32 +290,33 @@ impl Lines<'_> {
             if path.is_empty() {
                 continue;
             }
+            let (c, dash) = self.style(i);
             let _ = write!(
                 s,
-                r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{p}"><title>{n}</title></polyline>"#,
-                c = colour(i),
+                r#"<polyline fill="none" stroke="{c}" stroke-width="2" stroke-dasharray="{dash}" points="{p}"><title>{n}</title></polyline>"#,
                 p = path.join(" "),
                 n = escape(name),
             );
             if path.len() <= 12 {
                 for point in &path {
                     let (x, y) = point.split_once(',').unwrap_or(("0", "0"));
-                    let _ = write!(
-                        s,
-                        r#"<circle cx="{x}" cy="{y}" r="3" fill="{}"/>"#,
-                        colour(i)
-                    );
+                    let _ = write!(s, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
                 }
             }
         }
-        legend(
-            &mut s,
-            &self
-                .series
-                .iter()
-                .map(|(n, _)| n.clone())
-                .collect::<Vec<_>>(),
-        );
+        for (i, (name, _)) in self.series.iter().enumerate() {
+            let (c, dash) = self.style(i);
+            let y = TOP + 10.0 + i as f64 * 18.0;
+            let x = WIDTH - RIGHT + 14.0;
+            let _ = write!(
+                s,
+                r#"<line x1="{x}" x2="{x2}" y1="{ym}" y2="{ym}" stroke="{c}" stroke-width="2" stroke-dasharray="{dash}"/><text x="{tx}" y="{y}" class="series">{n}</text>"#,
+                x2 = x + 14.0,
+                ym = y - 4.0,
+                tx = x + 18.0,
+                n = escape(name),
+            );
+        }
         s.push_str("</svg>");
         s
     }
@@ -341,6 +353,7 @@ mod tests {
                 "s & t".into(),
                 vec![(nines(50.0), 10.0), (nines(99.0), 100.0)],
             )],
+            paired: true,
         }
         .render();
         assert!(svg.contains("a &lt; b") && svg.contains("s &amp; t"));
