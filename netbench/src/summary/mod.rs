@@ -299,6 +299,9 @@ fn hol(doc: &mut Doc, run: &Run) {
             cell(num(&e["loaded"]["p999_us"]), 1),
             format!("{}x", cell(num(&e["p99_ratio"]), 1)),
             cell(num(&e["loaded"]["bulk_gbps"]), 2),
+            e["loaded"]["udp_rcvbuf_drops"]
+                .as_u64()
+                .map_or_else(|| "–".into(), |d| d.to_string()),
         ]);
         series.push((
             format!("{label} unloaded"),
@@ -319,6 +322,7 @@ fn hol(doc: &mut Doc, run: &Run) {
             "+bulk p99.9",
             "p99 ratio",
             "bulk Gbit/s",
+            "UDP drops",
         ],
         &rows,
     );
