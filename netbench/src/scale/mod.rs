@@ -4,8 +4,10 @@
 //!
 //! 1. create: N users, a workspace each and its agent token, through the API as an
 //!    admin (plus user tokens for the users who will open sessions);
-//! 2. connect: N agents (the real agent library, see `fleet.rs`), a few at a time;
-//!    from then on every agent reports two metadata readings every 10 s;
+//! 2. connect: N agents (the real agent library, see `fleet.rs`), a few at a time,
+//!    then a wait until the relay and control plane are quiet again (the relay's
+//!    directory reports drained); from then on every agent reports two metadata
+//!    readings every 10 s;
 //! 3. traffic: for a fixed time, at once: echo sessions, terminal sessions, app HTTP
 //!    requests and dashboard loads (see `traffic.rs`);
 //! 4. cleanup: the agents stop and every workspace is deleted.
@@ -315,12 +317,28 @@ async fn measure(
         &connects,
     )
     .await?;
+    eprintln!(
+        "  {} agents connected; waiting for the relay and control plane to settle...",
+        agents.connected
+    );
+    // The relay reports every new agent to the control plane; traffic starts once
+    // that has drained, as it would in a fleet that came up earlier.
+    let (settle_time, settled) =
+        crate::idle::settle(relay, Some(control), ticks, Duration::from_secs(60)).await;
+    let settling = Series::default();
+    if settled {
+        settling.ok(settle_time);
+    } else {
+        settling.fail(false, format!("not settled after {settle_time:?}"));
+    }
     phases.push(Phase {
         name: "connect",
         usage: meter.finish(),
-        series: vec![connects.summary("agent connect")],
+        series: vec![
+            connects.summary("agent connect"),
+            settling.summary("relay and control plane settle"),
+        ],
     });
-    eprintln!("  {} agents connected", agents.connected);
 
     // 3. Traffic, with the agents' metadata reports running throughout.
     eprintln!(
@@ -347,9 +365,11 @@ async fn measure(
         metadata.clone(),
     ));
     let echo_server = crate::server::Server::start()?;
-    let (app_port, app_task) = traffic::app_server(stop.clone()).await?;
+    let app_server = traffic::AppServer::start()?;
+    let app_port = app_server.port;
     let endpoints = traffic::client_endpoints(net.relay_addr, &net.ca_pem, 8)?;
     let with_user: Vec<&Member> = members.iter().filter(|m| m.user_token.is_some()).collect();
+    let handshakes = Series::default();
     let (echo_setup, echoes, term_setup, keystrokes, app, dashboards) = (
         Series::default(),
         Series::default(),
@@ -379,6 +399,7 @@ async fn measure(
                 echo_server.addr().port(),
                 Duration::from_millis(settings.echo_interval_ms),
                 stop.clone(),
+                handshakes.clone(),
                 echo_setup.clone(),
                 echoes.clone(),
             ));
@@ -392,6 +413,7 @@ async fn measure(
                 ws,
                 Duration::from_millis(settings.terminal_interval_ms),
                 stop.clone(),
+                handshakes.clone(),
                 term_setup.clone(),
                 keystrokes.clone(),
             ));
@@ -406,6 +428,7 @@ async fn measure(
                 app_port,
                 Duration::from_millis(settings.app_interval_ms),
                 stop.clone(),
+                handshakes.clone(),
                 app.clone(),
             ));
         }
@@ -429,13 +452,14 @@ async fn measure(
     if drained.is_err() {
         load.abort_all();
     }
-    app_task.abort();
+    drop(app_server);
     drop(echo_server);
     phases.push(Phase {
         name: "traffic",
         usage: meter.finish(),
         series: vec![
             metadata.summary("agent metadata (agent API)"),
+            handshakes.summary("client connect (QUIC + hello)"),
             echo_setup.summary("echo session setup"),
             echoes.summary("echo round trip"),
             term_setup.summary("terminal setup"),

@@ -42,15 +42,20 @@ pub fn client_endpoints(relay: SocketAddr, ca_pem: &str, n: usize) -> Result<Vec
         .collect()
 }
 
-/// A user's connection to the relay, as `ferry ssh` or `ferry port-forward` makes.
+/// A user's connection to the relay, as `ferry ssh` or `ferry port-forward` makes,
+/// timed into `handshakes` (QUIC handshake and hello).
 pub async fn connect(
     endpoint: &quinn::Endpoint,
     relay: SocketAddr,
     token: &str,
+    handshakes: &Series,
 ) -> Result<Session> {
-    dial::connect(endpoint, relay, RELAY_SERVER_NAME, token)
+    let start = Instant::now();
+    let r = dial::connect(endpoint, relay, RELAY_SERVER_NAME, token)
         .await
-        .context("connecting to the relay")
+        .context("connecting to the relay");
+    handshakes.record(start.elapsed(), &r);
+    r
 }
 
 pub async fn open(
@@ -79,12 +84,13 @@ pub async fn echo_session(
     port: u16,
     every: Duration,
     stop: CancellationToken,
+    handshakes: Series,
     setup: Series,
     echoes: Series,
 ) {
     let start = Instant::now();
     let opened = async {
-        let session = connect(&endpoint, relay, &token).await?;
+        let session = connect(&endpoint, relay, &token, &handshakes).await?;
         let (mut send, recv) = open(&session, &workspace, Target::Port(port)).await?;
         send.write_all(&[MODE_ECHO]).await?;
         anyhow::Ok((session, send, recv))
@@ -134,12 +140,13 @@ pub async fn terminal_session(
     workspace: String,
     every: Duration,
     stop: CancellationToken,
+    handshakes: Series,
     setup: Series,
     keystrokes: Series,
 ) {
     let start = Instant::now();
     let opened = async {
-        let session = connect(&endpoint, relay, &token).await?;
+        let session = connect(&endpoint, relay, &token, &handshakes).await?;
         let streams = open(
             &session,
             &workspace,
@@ -213,42 +220,85 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 const APP_BODY: usize = 4096;
 
 /// A minimal HTTP/1.1 server on 127.0.0.1 (one response per connection): the app
-/// behind the agents. Runs until `stop`.
-pub async fn app_server(stop: CancellationToken) -> Result<(u16, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .context("binding the app server")?;
-    let port = listener.local_addr()?.port();
-    let handle = tokio::spawn(async move {
-        let mut conns = tokio::task::JoinSet::new();
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-                accepted = listener.accept() => {
-                    let Ok((mut stream, _)) = accepted else { continue };
-                    conns.spawn(async move {
-                        let mut req = Vec::new();
-                        let mut buf = [0u8; 1024];
-                        while find(&req, b"\r\n\r\n").is_none() && req.len() < 16 * 1024 {
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => req.extend_from_slice(&buf[..n]),
+/// behind the agents. Like the bench server it runs on a thread and runtime of its
+/// own, so that a busy load generator does not leave connections unaccepted (which
+/// would count against the path). Stops when dropped.
+pub struct AppServer {
+    pub port: u16,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AppServer {
+    pub fn start() -> Result<AppServer> {
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", 0)).context("binding the app server")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("app-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let mut conns = tokio::task::JoinSet::new();
+                    let accept_loop = async {
+                        loop {
+                            tokio::select! {
+                                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+                                accepted = listener.accept() => {
+                                    let Ok((stream, _)) = accepted else { continue };
+                                    conns.spawn(serve_app(stream));
+                                }
                             }
                         }
-                        let head = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {APP_BODY}\r\nConnection: close\r\n\r\n"
-                        );
-                        let mut resp = head.into_bytes();
-                        resp.extend(std::iter::repeat_n(b'a', APP_BODY));
-                        let _ = stream.write_all(&resp).await;
-                        let _ = stream.shutdown().await;
-                    });
-                }
-            }
+                    };
+                    tokio::select! {
+                        _ = accept_loop => {}
+                        _ = stopped => {}
+                    }
+                });
+            })?;
+        Ok(AppServer {
+            port,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for AppServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
         }
-    });
-    Ok((port, handle))
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn serve_app(mut stream: tokio::net::TcpStream) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while find(&req, b"\r\n\r\n").is_none() && req.len() < 16 * 1024 {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {APP_BODY}\r\nConnection: close\r\n\r\n"
+    );
+    let mut resp = head.into_bytes();
+    resp.extend(std::iter::repeat_n(b'a', APP_BODY));
+    let _ = stream.write_all(&resp).await;
+    let _ = stream.shutdown().await;
 }
 
 /// One app client: a connection to the relay, then a request on a new stream every
@@ -262,11 +312,13 @@ pub async fn app_client(
     port: u16,
     every: Duration,
     stop: CancellationToken,
+    handshakes: Series,
     requests: Series,
 ) {
-    let session = match connect(&endpoint, relay, &token).await {
+    let session = match connect(&endpoint, relay, &token, &handshakes).await {
         Ok(s) => s,
-        Err(e) => return requests.fail(super::record::is_internal(&e), format!("{e:#}")),
+        // Counted in `handshakes`.
+        Err(_) => return,
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
