@@ -267,6 +267,7 @@ async fn run(cli: Cli) -> Result<()> {
             api_concurrency: (*api_concurrency).max(1),
             connect_concurrency: (*connect_concurrency).max(1),
             map_refresh_secs: (*map_refresh).max(1),
+            settle_max_secs: if smoke { 10 } else { 60 },
             metadata_interval_secs: metadata_interval
                 .unwrap_or(if smoke { 1.0 } else { 10.0 })
                 .clamp(0.1, 3600.0),

@@ -50,6 +50,8 @@ pub struct Settings {
     pub connect_concurrency: usize,
     /// How often each agent fetches the region map again.
     pub map_refresh_secs: u64,
+    /// Longest wait for the relay and control plane to go quiet before traffic.
+    pub settle_max_secs: u64,
     pub metadata_interval_secs: f64,
     pub traffic_secs: u64,
     pub echo_sessions: usize,
@@ -323,13 +325,22 @@ async fn measure(
     );
     // The relay reports every new agent to the control plane; traffic starts once
     // that has drained, as it would in a fleet that came up earlier.
-    let (settle_time, settled) =
-        crate::idle::settle(relay, Some(control), ticks, Duration::from_secs(60)).await;
+    let (settle_time, settled) = crate::idle::settle(
+        relay,
+        Some(control),
+        ticks,
+        Duration::from_secs(settings.settle_max_secs),
+    )
+    .await;
     let settling = Series::default();
-    if settled {
-        settling.ok(settle_time);
-    } else {
-        settling.fail(false, format!("not settled after {settle_time:?}"));
+    settling.ok(settle_time);
+    let mut notes = Vec::new();
+    if !settled {
+        // Not a failure of the system under test: traffic just starts on a busier one.
+        notes.push(format!(
+            "the relay and control plane were still busy after {} s; traffic started anyway",
+            settings.settle_max_secs
+        ));
     }
     phases.push(Phase {
         name: "connect",
@@ -473,7 +484,6 @@ async fn measure(
     }
 
     // Health before cleanup: processes alive, agents never dropped.
-    let mut notes = Vec::new();
     let relay_alive = net.ensure_relay_running();
     let control_alive = net.ensure_control_running();
     for r in [&relay_alive, &control_alive] {
