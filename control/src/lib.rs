@@ -11,6 +11,7 @@ pub mod keyring;
 mod limiter;
 pub mod measurements;
 mod metrics;
+mod metadata;
 mod server;
 mod state;
 pub mod store;

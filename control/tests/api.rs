@@ -352,6 +352,110 @@ async fn agent_tokens_are_created_listed_revoked_and_rotated() {
 }
 
 #[tokio::test]
+async fn agents_report_metadata_that_only_their_workspace_owner_reads() {
+    let p = Plane::start("metadata").await;
+    let alice = p.user("alice").await;
+    let bob = p.user("bob").await;
+    p.workspace(&alice, "demo").await;
+    let agent: NewTokenResponse = p
+        .client
+        .post(
+            "/api/v1/workspaces/demo--alice/agent-tokens",
+            Some(&alice),
+            &CreateTokenRequest {
+                name: "agent".into(),
+                ttl_secs: None,
+            },
+        )
+        .await
+        .unwrap();
+    let report = |items: &[(&str, &str)]| AgentMetadataRequest {
+        items: items
+            .iter()
+            .map(|(k, v)| MetadataItem {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+    };
+    let path = "/api/v1/agents/metadata";
+    let () = p
+        .client
+        .post(
+            path,
+            Some(&agent.token),
+            &report(&[("load", "0.5"), ("disk", "10%")]),
+        )
+        .await
+        .unwrap();
+    let () = p
+        .client
+        .post(path, Some(&agent.token), &report(&[("load", "0.7")]))
+        .await
+        .unwrap();
+    let read = "/api/v1/workspaces/demo--alice/metadata";
+    let got: WorkspaceMetadataResponse = p.client.get(read, Some(&alice)).await.unwrap();
+    assert_eq!(got.workspace, "demo--alice");
+    let pairs: Vec<(&str, &str)> = got
+        .items
+        .iter()
+        .map(|r| (r.key.as_str(), r.value.as_str()))
+        .collect();
+    assert_eq!(pairs, vec![("disk", "10%"), ("load", "0.7")]);
+    assert!(got.items.iter().all(|r| r.updated_at > 0));
+
+    // Another user sees nothing, not even that it exists; a user token cannot report.
+    let r = p
+        .client
+        .get::<WorkspaceMetadataResponse>(read, Some(&bob))
+        .await;
+    assert_eq!(code(r), (404, "unknown_workspace".into()));
+    let r = p
+        .client
+        .post::<_, ()>(path, Some(&alice), &report(&[("x", "1")]))
+        .await;
+    assert_eq!(code(r), (403, "wrong_token_kind".into()));
+    // Bad keys, oversized values, too many keys: typed 400s, nothing stored.
+    let r = p
+        .client
+        .post::<_, ()>(path, Some(&agent.token), &report(&[("Bad Key", "1")]))
+        .await;
+    assert_eq!(code(r), (400, "bad_request".into()));
+    let big = "v".repeat(MAX_METADATA_VALUE_LEN + 1);
+    let r = p
+        .client
+        .post::<_, ()>(path, Some(&agent.token), &report(&[("big", &big)]))
+        .await;
+    assert_eq!(code(r), (400, "bad_request".into()));
+    let keys: Vec<String> = (0..MAX_METADATA_KEYS).map(|i| format!("k{i}")).collect();
+    let many: Vec<(&str, &str)> = keys.iter().map(|k| (k.as_str(), "1")).collect();
+    let r = p
+        .client
+        .post::<_, ()>(path, Some(&agent.token), &report(&many))
+        .await;
+    assert_eq!(code(r), (400, "too_many_keys".into()));
+    let got: WorkspaceMetadataResponse = p.client.get(read, Some(&alice)).await.unwrap();
+    assert_eq!(got.items.len(), 2);
+
+    // An agent token for a workspace that does not exist reports nowhere.
+    let stray = p.mint(TokenKind::Agent, "ghost--alice").await;
+    let r = p
+        .client
+        .post::<_, ()>(path, Some(&stray), &report(&[("x", "1")]))
+        .await;
+    assert_eq!(code(r), (404, "unknown_workspace".into()));
+    // Deleting the workspace forgets its readings (and revokes the agent's token).
+    p.client
+        .delete("/api/v1/workspaces/demo--alice", Some(&alice))
+        .await
+        .unwrap();
+    p.workspace(&alice, "demo").await;
+    let got: WorkspaceMetadataResponse = p.client.get(read, Some(&alice)).await.unwrap();
+    assert!(got.items.is_empty(), "{got:?}");
+    p.stop().await;
+}
+
+#[tokio::test]
 async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
     let p = Plane::start("relays").await;
     let relay = p.mint(TokenKind::Relay, "eu-1").await;

@@ -13,7 +13,7 @@ use serde::Serialize;
 use crate::client::Echo;
 use crate::paths::{Paths, State};
 use crate::report::{self, fmt_opt, Report, Table};
-use crate::stats::Latency;
+use crate::stats::{self, Latency};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
@@ -30,7 +30,15 @@ pub struct Comparison {
     pub ssh_added_p99_us: Option<f64>,
 }
 
-async fn measure(addr: SocketAddr, settings: &Settings) -> Result<Latency> {
+/// One path's round trips: the percentiles, and the distribution for CDF charts.
+#[derive(Debug, Serialize)]
+pub struct EchoResult {
+    #[serde(flatten)]
+    pub latency: Latency,
+    pub cdf: Vec<stats::CdfPoint>,
+}
+
+async fn measure(addr: SocketAddr, settings: &Settings) -> Result<EchoResult> {
     let mut echo = Echo::open(addr, settings.size).await?;
     for _ in 0..settings.warmup {
         echo.round_trip().await?;
@@ -39,7 +47,10 @@ async fn measure(addr: SocketAddr, settings: &Settings) -> Result<Latency> {
     for _ in 0..settings.count {
         samples.push(echo.round_trip().await?);
     }
-    Ok(Latency::from_samples(&samples))
+    Ok(EchoResult {
+        latency: Latency::from_samples(&samples),
+        cdf: stats::cdf(&samples),
+    })
 }
 
 pub async fn run(
@@ -49,7 +60,7 @@ pub async fn run(
     json: &Path,
     time: u64,
 ) -> Result<()> {
-    let mut results: BTreeMap<&str, Latency> = BTreeMap::new();
+    let mut results: BTreeMap<&str, EchoResult> = BTreeMap::new();
     for path in &paths.list {
         let State::Ready(addr) = path.state else {
             continue;
@@ -57,20 +68,21 @@ pub async fn run(
         // One timeout for the whole series: a per-echo timer would add to what we measure.
         let budget = Duration::from_secs(60)
             + Duration::from_millis(10) * (settings.count + settings.warmup) as u32;
-        let latency = tokio::time::timeout(budget, measure(addr, settings))
+        let result = tokio::time::timeout(budget, measure(addr, settings))
             .await
             .with_context(|| format!("{} echo: timed out", path.label))?
             .with_context(|| format!("{} echo", path.label))?;
+        let latency = &result.latency;
         eprintln!(
             "{:<7} p50 {:8.1} µs  p99 {:8.1} µs",
             path.label, latency.p50_us, latency.p99_us
         );
-        results.insert(path.key, latency);
+        results.insert(path.key, result);
     }
 
     let added =
         |key: &str, pick: fn(&Latency) -> f64| match (results.get(key), results.get("direct")) {
-            (Some(a), Some(d)) => Some(pick(a) - pick(d)),
+            (Some(a), Some(d)) => Some(pick(&a.latency) - pick(&d.latency)),
             _ => None,
         };
     let comparison = Comparison {
@@ -87,7 +99,7 @@ pub async fn run(
     );
     let mut table = Table::new(&["path", "p50", "p99", "p99.9", "mean", "min", "max"]);
     for path in &paths.list {
-        if let Some(l) = results.get(path.key) {
+        if let Some(l) = results.get(path.key).map(|r| &r.latency) {
             table.row(vec![
                 path.label.to_string(),
                 format!("{:.1}", l.p50_us),

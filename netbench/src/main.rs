@@ -5,14 +5,17 @@
 
 mod client;
 mod cpu;
+mod hol;
 mod idle;
 mod latency;
 mod paths;
 mod procs;
 mod report;
+mod scale;
 mod server;
 mod setup;
 mod stats;
+mod summary;
 mod throughput;
 mod tmp;
 
@@ -48,6 +51,48 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Markdown summary and a self-contained HTML page with charts from the JSON of runs
+    Report {
+        /// JSON reports, or directories holding them (e.g. netbench/results)
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Where to write report.md and report.html [default: the first input's directory]
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Many users, workspaces and agents with sessions, app traffic and dashboards at once (one relay, one control plane)
+    Scale {
+        /// Users, workspaces and agents [default: 2000, smoke 20]
+        #[arg(long)]
+        agents: Option<usize>,
+        /// Seconds of traffic [default: 60, smoke 3]
+        #[arg(long)]
+        secs: Option<u64>,
+        /// Concurrent echo sessions (SSH-like, 64 B every 100 ms) [default: 100, smoke 2]
+        #[arg(long)]
+        echo_sessions: Option<usize>,
+        /// Concurrent terminal sessions (a shell each, a command every second) [default: 10, smoke 1]
+        #[arg(long)]
+        terminals: Option<usize>,
+        /// Concurrent app clients (an HTTP request on a new stream every 100 ms) [default: 20, smoke 2]
+        #[arg(long)]
+        app_clients: Option<usize>,
+        /// Concurrent dashboard users (a page load every 2 s) [default: 10, smoke 1]
+        #[arg(long)]
+        dashboards: Option<usize>,
+        /// Seconds between an agent's metadata reports [default: 10, smoke 1]
+        #[arg(long)]
+        metadata_interval: Option<f64>,
+        /// Seconds between an agent's region map fetches
+        #[arg(long, default_value_t = 30)]
+        map_refresh: u64,
+        /// API calls in flight while creating and deleting
+        #[arg(long, default_value_t = 8)]
+        api_concurrency: usize,
+        /// Agents coming up at once
+        #[arg(long, default_value_t = 32)]
+        connect_concurrency: usize,
+    },
     /// Bulk transfer speed in Gbit/s, both directions
     Throughput {
         /// Bytes per transfer (suffixes K, M, G, KiB, MiB, GiB) [default: 1GiB, smoke 8MiB]
@@ -71,6 +116,21 @@ enum Bench {
         /// Unrecorded round trips first [default: 1000, smoke 50]
         #[arg(long)]
         warmup: Option<usize>,
+        /// Message size in bytes
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    /// Head-of-line blocking: open-loop echo latency, unloaded and beside a bulk download on the same path
+    Hol {
+        /// Echoes per second
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        /// Seconds per trial and phase [default: 5, smoke 1]
+        #[arg(long)]
+        secs: Option<f64>,
+        /// Trials per phase, alternating unloaded and loaded; medians are reported [default: 3, smoke 1]
+        #[arg(long)]
+        trials: Option<usize>,
         /// Message size in bytes
         #[arg(long, default_value_t = 64)]
         size: usize,
@@ -132,6 +192,23 @@ fn parse_size(s: &str) -> Result<u64, String> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    if let Bench::Report { inputs, out } = &cli.bench {
+        let out = out.clone().unwrap_or_else(|| {
+            let first = &inputs[0];
+            if first.is_dir() {
+                first.clone()
+            } else {
+                first
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("."))
+            }
+        });
+        let (md, html) = summary::write(inputs, &out)?;
+        println!("wrote {} and {}", md.display(), html.display());
+        return Ok(());
+    }
     let ferry_bin = paths::locate_ferry(cli.ferry.clone())?;
     if let Bench::Idle {
         agents,
@@ -167,6 +244,49 @@ async fn run(cli: Cli) -> Result<()> {
             .clone()
             .unwrap_or_else(|| report::default_json_path("idle", time));
         return idle::run(&ferry_bin, &settings, cli.smoke, &json, time).await;
+    }
+    if let Bench::Scale {
+        agents,
+        secs,
+        echo_sessions,
+        terminals,
+        app_clients,
+        dashboards,
+        metadata_interval,
+        map_refresh,
+        api_concurrency,
+        connect_concurrency,
+    } = &cli.bench
+    {
+        let smoke = cli.smoke;
+        let pick = |v: Option<usize>, full: usize, tiny: usize| {
+            v.unwrap_or(if smoke { tiny } else { full })
+        };
+        let settings = scale::Settings {
+            agents: pick(*agents, 2000, 20).max(1),
+            api_concurrency: (*api_concurrency).max(1),
+            connect_concurrency: (*connect_concurrency).max(1),
+            map_refresh_secs: (*map_refresh).max(1),
+            settle_max_secs: if smoke { 10 } else { 60 },
+            metadata_interval_secs: metadata_interval
+                .unwrap_or(if smoke { 1.0 } else { 10.0 })
+                .clamp(0.1, 3600.0),
+            traffic_secs: secs.unwrap_or(if smoke { 3 } else { 60 }).max(1),
+            echo_sessions: pick(*echo_sessions, 100, 2),
+            echo_interval_ms: 100,
+            terminals: pick(*terminals, 10, 1),
+            terminal_interval_ms: 1000,
+            app_clients: pick(*app_clients, 20, 2),
+            app_interval_ms: 100,
+            dashboards: pick(*dashboards, 10, 1),
+            dashboard_interval_ms: 2000,
+        };
+        let time = report::unix_time();
+        let json = cli
+            .json
+            .clone()
+            .unwrap_or_else(|| report::default_json_path("scale", time));
+        return scale::run(&ferry_bin, &settings, cli.smoke, &json, time).await;
     }
     let server = server::Server::start()?;
     let opts = paths::Options {
@@ -223,6 +343,22 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             };
             latency::run(paths, &settings, cli.smoke, &json("latency"), time).await
         }
+        Bench::Hol {
+            rate,
+            secs,
+            trials,
+            size,
+        } => {
+            let settings = hol::Settings {
+                rate: rate.max(1),
+                secs: secs
+                    .unwrap_or(if cli.smoke { 1.0 } else { 5.0 })
+                    .clamp(0.1, 3600.0),
+                trials: trials.unwrap_or(if cli.smoke { 1 } else { 3 }).max(1),
+                size: size.max(8),
+            };
+            hol::run(paths, &settings, cli.smoke, &json("hol"), time).await
+        }
         Bench::Setup {
             trials,
             rate_count,
@@ -239,7 +375,9 @@ async fn bench(cli: &Cli, paths: &Paths) -> Result<()> {
             };
             setup::run(paths, &settings, cli.smoke, &json("setup"), time).await
         }
-        Bench::Idle { .. } => bail!("idle runs without the paths (see `run`)"),
+        Bench::Idle { .. } | Bench::Scale { .. } | Bench::Report { .. } => {
+            bail!("idle, scale and report run without the paths (see `run`)")
+        }
     }
 }
 

@@ -45,6 +45,10 @@ impl Proc {
         self.child.id()
     }
 
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     pub fn take_stdout(&mut self) -> Option<ChildStdout> {
         self.child.stdout.take()
     }

@@ -125,6 +125,11 @@ async fn serve(mut stream: TcpStream) -> std::io::Result<()> {
                 let n = left.min(data.len() as u64) as usize;
                 stream.write_all(&data[..n]).await?;
                 left -= n as u64;
+                // On fast loopback the socket rarely pushes back, and tokio only makes
+                // a busy task yield every 128 ready writes (32 MiB here): without this,
+                // an echo served by this thread would wait behind milliseconds of bulk
+                // data, a delay of the bench server, not of the path under test.
+                tokio::task::yield_now().await;
             }
         }
         MODE_ECHO => loop {

@@ -63,6 +63,35 @@ impl Latency {
     }
 }
 
+/// One point of a latency distribution: `percent` of the samples took at most `us`.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq)]
+pub struct CdfPoint {
+    pub percent: f64,
+    pub us: f64,
+}
+
+/// Where a CDF is sampled: every percent, then finer into the tail, where the
+/// interesting differences are.
+const CDF_PERCENTS: &[f64] = &[99.5, 99.9, 99.95, 99.99, 100.0];
+
+/// The distribution of `samples` at a fixed set of percentiles (about 105 points
+/// whatever the sample count), small enough to keep in every JSON report.
+pub fn cdf(samples: &[Duration]) -> Vec<CdfPoint> {
+    let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
+    if us.is_empty() {
+        return Vec::new();
+    }
+    (1..=99)
+        .map(f64::from)
+        .chain(CDF_PERCENTS.iter().copied())
+        .map(|percent| CdfPoint {
+            percent,
+            us: percentile(&us, percent),
+        })
+        .collect()
+}
+
 /// Bytes over time, in Gbit/s (10^9 bits per second).
 pub fn gbps(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1e9
@@ -87,6 +116,21 @@ mod tests {
         assert_eq!(percentile(&v, 99.9), 999.0);
         assert_eq!(percentile(&v, 100.0), 1000.0);
         assert_eq!(percentile(&[7.0], 99.9), 7.0);
+    }
+
+    #[test]
+    fn cdf_is_monotonic_and_ends_at_the_maximum() {
+        let samples: Vec<Duration> = (1..=1000).map(Duration::from_micros).collect();
+        let points = cdf(&samples);
+        assert_eq!(points.first().map(|p| p.us), Some(10.0));
+        assert_eq!(
+            points.last().map(|p| (p.percent, p.us)),
+            Some((100.0, 1000.0))
+        );
+        assert!(points
+            .windows(2)
+            .all(|w| w[0].percent < w[1].percent && w[0].us <= w[1].us));
+        assert!(cdf(&[]).is_empty());
     }
 
     #[test]

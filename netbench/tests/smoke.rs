@@ -120,7 +120,65 @@ fn throughput_and_latency_smoke() {
         let p50 = positive(&entry["p50_us"], &format!("{path} p50"));
         let p99 = positive(&entry["p99_us"], &format!("{path} p99"));
         assert!(p99 >= p50, "{path}: p99 {p99} < p50 {p50}");
+        assert!(
+            entry["cdf"].as_array().is_some_and(|c| c.len() > 100),
+            "{path} cdf"
+        );
     }
+
+    let report = run("hol", &dir);
+    assert_eq!(report["bench"], "hol");
+    for path in ["direct", "ferry"] {
+        let entry = &report["paths"][path];
+        assert_eq!(entry["status"], "ok", "{path}: {entry}");
+        for phase in ["unloaded", "loaded"] {
+            let p50 = positive(&entry[phase]["p50_us"], &format!("{path} {phase} p50"));
+            let p99 = positive(&entry[phase]["p99_us"], &format!("{path} {phase} p99"));
+            assert!(p99 >= p50, "{path} {phase}: p99 {p99} < p50 {p50}");
+            // Every echo of a 1 s trial at 1000/s came back.
+            assert_eq!(entry[phase]["samples"], 1000, "{path} {phase}");
+        }
+        positive(&entry["loaded"]["bulk_gbps"], &format!("{path} bulk"));
+        assert!(entry["unloaded"]["bulk_gbps"].is_null());
+        positive(&entry["p99_ratio"], &format!("{path} p99 ratio"));
+    }
+    assert!(report["comparison"]["ferry_p99_ratio"].is_f64());
+
+    // The report renders every run of this directory, charts included.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-netbench"))
+        .arg("report")
+        .arg(&dir)
+        .output()
+        .expect("running ferry-netbench report");
+    assert!(
+        out.status.success(),
+        "report failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(dir.join("report.md")).expect("report.md");
+    let html = std::fs::read_to_string(dir.join("report.html")).expect("report.html");
+    for heading in ["## Throughput", "## Latency", "## Head-of-line blocking"] {
+        assert!(
+            md.contains(heading),
+            "{heading} missing from report.md:\n{md}"
+        );
+    }
+    assert!(md.contains("| ferry |"), "{md}");
+    assert!(
+        html.contains("Throughput against peers"),
+        "no throughput chart"
+    );
+    assert!(
+        html.contains("Echo latency by percentile"),
+        "no latency CDF"
+    );
+    assert!(html.contains("ferry + bulk"), "no loaded ferry series");
+    assert!(html.matches("<svg").count() >= 3);
+    // Self-contained: no script, nothing fetched (the SVG namespace is only a name).
+    assert!(!html.contains("<script"));
+    assert!(!html
+        .replace("http://www.w3.org/2000/svg", "")
+        .contains("http"));
 
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -173,5 +231,61 @@ fn idle_smoke() {
         assert!(cpu >= 0.0 && cpu.is_finite(), "idle CPU {cpu}");
     }
     assert!(report["kib_per_agent"].is_f64(), "{report}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn scale_smoke() {
+    let dir = scratch("scale");
+    let report = run("scale", &dir);
+    assert_eq!(report["bench"], "scale");
+    assert_eq!(report["verdict"]["passed"], true, "{}", report["verdict"]);
+    let phases = report["phases"].as_array().expect("phases");
+    let names: Vec<&str> = phases.iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["create", "connect", "traffic", "cleanup"]);
+    let series = |phase: &str, name: &str| -> serde_json::Value {
+        phases
+            .iter()
+            .find(|p| p["name"] == phase)
+            .and_then(|p| p["series"].as_array())
+            .and_then(|s| {
+                s.iter()
+                    .find(|s| s["name"].as_str().is_some_and(|n| n.starts_with(name)))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {phase} / {name}"))
+    };
+    // Smoke size: 20 of everything; every operation of every kind happened and succeeded.
+    for (phase, name, at_least) in [
+        ("create", "create user", 20),
+        ("create", "create workspace", 20),
+        ("create", "agent token", 20),
+        ("connect", "agent connect", 20),
+        ("traffic", "agent metadata", 20),
+        ("traffic", "echo round trip", 2),
+        ("traffic", "terminal command", 1),
+        ("traffic", "app HTTP request", 2),
+        ("traffic", "dashboard load", 1),
+        ("cleanup", "delete workspace", 20),
+    ] {
+        let s = series(phase, name);
+        assert_eq!(s["errors"], 0, "{phase} / {name}: {s}");
+        let ok = s["ok"].as_u64().unwrap_or(0);
+        assert!(ok >= at_least, "{phase} / {name}: {ok} < {at_least}");
+        let p50 = positive(&s["p50_ms"], &format!("{name} p50"));
+        let p99 = positive(&s["p99_ms"], &format!("{name} p99"));
+        assert!(p99 >= p50, "{name}: p99 {p99} < p50 {p50}");
+    }
+    let usage = &phases[2]["usage"];
+    positive(&usage["relay_pss_kib"], "relay PSS");
+    positive(&usage["control_pss_kib"], "control PSS");
+    assert!(usage["relay_cpu_percent"]
+        .as_f64()
+        .is_some_and(|c| c >= 0.0));
+    assert!(
+        report["agent_api"]["p95_ms"].is_f64(),
+        "{}",
+        report["agent_api"]
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

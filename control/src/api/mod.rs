@@ -6,6 +6,7 @@
 //! `control/openapi.json`.
 
 mod measurements;
+mod agents;
 mod relays;
 pub mod session;
 mod users;
@@ -75,6 +76,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("delete", "/api/v1/workspaces/{label}"),
     ("get", "/api/v1/workspaces/{label}/route"),
     ("get", "/api/v1/workspaces/{label}/latency"),
+    ("get", "/api/v1/workspaces/{label}/metadata"),
+    ("post", "/api/v1/agents/metadata"),
     ("post", "/api/v1/workspaces/{label}/agent-tokens"),
     ("get", "/api/v1/workspaces/{label}/agent-tokens"),
     ("delete", "/api/v1/workspaces/{label}/agent-tokens/{id}"),
@@ -300,6 +303,8 @@ pub fn router(state: Arc<State>) -> Router {
             get(workspaces::show).delete(workspaces::remove),
         )
         .route("/api/v1/workspaces/{label}/route", get(workspaces::route))
+        .route("/api/v1/workspaces/{label}/metadata", get(agents::metadata))
+        .route("/api/v1/agents/metadata", post(agents::update_metadata))
         .route(
             "/api/v1/workspaces/{label}/latency",
             get(measurements::workspace_latency),

@@ -154,6 +154,7 @@ pub(crate) async fn remove(
         state.revoke_token(&t.jti).await?;
     }
     state.store().delete_workspace(&ws.label).await?;
+    state.metadata.remove(&ws.label);
     tracing::info!(workspace = %ws.label, "workspace deleted");
     Ok(StatusCode::NO_CONTENT)
 }

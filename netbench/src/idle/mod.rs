@@ -5,7 +5,7 @@
 //! PSS and its CPU over an idle window. Memory per agent is the PSS slope between
 //! steps, against the 40 KiB target. Any agent dropped while idle fails the run.
 
-mod network;
+pub mod network;
 mod swarm;
 
 use std::path::Path;
@@ -82,7 +82,12 @@ async fn cpu_percent(pid: u32, ticks: u64, window: Duration) -> f64 {
 
 /// Waits until the control plane is quiet (the relay's directory updates have all
 /// arrived) and the relay's CPU has stopped falling, one-second windows at a time.
-async fn settle(relay: u32, control: Option<u32>, ticks: u64, max: Duration) -> (Duration, bool) {
+pub(crate) async fn settle(
+    relay: u32,
+    control: Option<u32>,
+    ticks: u64,
+    max: Duration,
+) -> (Duration, bool) {
     let start = Instant::now();
     let window = Duration::from_secs(1);
     let mut previous: Option<f64> = None;

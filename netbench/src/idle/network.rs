@@ -1,4 +1,4 @@
-//! The network under test for `idle`: a `ferry control` and one `ferry relay`, each its
+//! The network under test for `idle` and `scale`: a `ferry control` and one `ferry relay`, each its
 //! own process (so the relay's memory and CPU are its alone), started with
 //! `--ready-file` on loopback port 0, and the agent tokens the simulated agents use,
 //! minted through the control plane's API. Both processes die with this value.
@@ -24,6 +24,7 @@ pub const RELAY_SERVER_NAME: &str = "127.0.0.1";
 pub struct Network {
     pub ca_pem: String,
     pub relay_addr: SocketAddr,
+    pub control_url: String,
     control_client: ControlClient,
     admin_token: String,
     control: Proc,
@@ -95,6 +96,7 @@ impl Network {
         Ok(Network {
             ca_pem,
             relay_addr,
+            control_url: url,
             control_client,
             admin_token,
             control,
@@ -114,6 +116,33 @@ impl Network {
     /// Fails (with its log) if the relay died: numbers of a dead relay mean nothing.
     pub fn ensure_relay_running(&mut self) -> Result<()> {
         self.relay.ensure_running()
+    }
+
+    /// Fails (with its log) if the control plane died.
+    pub fn ensure_control_running(&mut self) -> Result<()> {
+        self.control.ensure_running()
+    }
+
+    pub fn control_client(&self) -> &ControlClient {
+        &self.control_client
+    }
+
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// Lines logged at ERROR level so far by the control plane and the relay.
+    pub fn error_lines(&self) -> Vec<String> {
+        [self.control.log_path(), self.relay.log_path()]
+            .iter()
+            .filter_map(|p| std::fs::read_to_string(p).ok())
+            .flat_map(|text| {
+                text.lines()
+                    .filter(|l| l.contains(" ERROR "))
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Agent tokens for `subjects` (NAME--OWNER), `concurrency` requests at a time.
