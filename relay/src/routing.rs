@@ -121,6 +121,15 @@ pub(crate) async fn serve_stream(
     }
 }
 
+/// Opens a stream to a workspace's agent for the relay's own web proxy (the browser's
+/// user was checked by the app cookie): the same routing as a client's stream.
+pub(crate) async fn open_for_web(
+    shared: &Shared,
+    header: &StreamHeader,
+) -> Result<(SendStream, RecvStream), ErrorFrame> {
+    open_upstream(shared, header, None).await
+}
+
 /// Opens the stream towards the agent: locally, or through the mesh.
 async fn open_upstream(
     shared: &Shared,

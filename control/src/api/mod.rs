@@ -5,6 +5,7 @@
 //! The routes are listed once, in [`ROUTES`], which the OpenAPI test checks against
 //! `control/openapi.json`.
 
+pub mod app_auth;
 mod relays;
 pub mod session;
 mod users;
@@ -38,6 +39,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.json");
 /// document by a test.
 pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/healthz"),
+    ("get", "/app-auth"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys/rotate"),
@@ -221,6 +223,7 @@ pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiErro
 pub fn router(state: Arc<State>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/app-auth", get(app_auth::app_auth))
         .route(
             "/api/v1/openapi.json",
             get(|| async {
