@@ -11,6 +11,11 @@ pub mod session;
 mod users;
 mod workspaces;
 
+/// Hashes a password as the store keeps it (argon2id), for tools that set one.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    users::hash_password(password).await
+}
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
