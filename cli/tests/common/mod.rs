@@ -3,6 +3,8 @@
 //! the test ends), services the test runs itself, and helpers to drive the CLI.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
