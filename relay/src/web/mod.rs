@@ -16,6 +16,7 @@
 mod auth;
 mod pages;
 mod proxy;
+mod strict;
 mod terminal;
 
 use std::convert::Infallible;
@@ -87,7 +88,15 @@ pub(crate) async fn serve(
                         handle(shared.clone(), web.clone(), peer, req)
                     });
                     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+                    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                    let served = if h2 {
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                    } else {
+                        // HTTP/1.1 request heads are watched for ambiguous lengths.
+                        let stream = strict::StrictHttp1::new(stream);
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
                     }
                 });
@@ -119,6 +128,9 @@ fn authority(req: &Request<Incoming>) -> Option<String> {
 /// Request smuggling: a message whose length two headers disagree on (or could) is
 /// refused, whatever the HTTP library made of it.
 fn ambiguous_length(req: &Request<Incoming>) -> bool {
+    if req.headers().contains_key(strict::MARKER) {
+        return true;
+    }
     let lengths = req.headers().get_all(header::CONTENT_LENGTH).iter().count();
     let chunked = req.headers().contains_key(header::TRANSFER_ENCODING);
     lengths > 1 || (lengths > 0 && chunked)
