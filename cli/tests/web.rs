@@ -79,10 +79,7 @@ async fn app(mut req: Request<hyper::body::Incoming>) -> Result<Response<Body>, 
                     Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e.to_string())),
                 }
             }
-            text(
-                StatusCode::OK,
-                format!("{len} {}", hex(&hasher.finalize())),
-            )
+            text(StatusCode::OK, format!("{len} {}", hex(&hasher.finalize())))
         }
         "/ws" => {
             let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
@@ -113,9 +110,9 @@ async fn app(mut req: Request<hyper::body::Incoming>) -> Result<Response<Body>, 
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             h.insert(
                 header::SEC_WEBSOCKET_ACCEPT,
-                HeaderValue::from_str(&tokio_tungstenite::tungstenite::handshake::derive_accept_key(
-                    key.as_bytes(),
-                ))
+                HeaderValue::from_str(
+                    &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
                 .unwrap(),
             );
             resp
@@ -152,12 +149,18 @@ impl WebNet {
             .await
             .unwrap();
         net.start_agent("demo--dev", &[]).await.unwrap();
-        let user_token = net.mint(ferry_proto::token::TokenKind::User, "dev", None).await.unwrap();
+        let user_token = net
+            .mint(ferry_proto::token::TokenKind::User, "dev", None)
+            .await
+            .unwrap();
         net.wait_for_agent("demo--dev", &user_token).await.unwrap();
         let app_port = app_server().await;
         let ca = std::fs::read_to_string(&net.ca_file).unwrap();
         let browser = WebClient::new(&ca, &[b"h2", b"http/1.1"]);
-        browser.sign_in(&net.control_url, &user_token).await.unwrap();
+        browser
+            .sign_in(&net.control_url, &user_token)
+            .await
+            .unwrap();
         WebNet {
             net,
             relay_port: relay.port(),
@@ -172,7 +175,11 @@ impl WebNet {
     }
 
     fn url(&self, first_label: &str, path: &str) -> String {
-        format!("https://{}:{}{path}", self.host(first_label), self.relay_port)
+        format!(
+            "https://{}:{}{path}",
+            self.host(first_label),
+            self.relay_port
+        )
     }
 
     fn app_label(&self) -> String {
@@ -198,11 +205,18 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
     // the relay trades it for a cookie and sends us to where we were going.
     assert_eq!(pages[0].status, StatusCode::FOUND);
     let to_control = pages[0].location().unwrap();
-    assert!(to_control.starts_with(&format!("{}/app-auth?host=", w.net.control_url)), "{to_control}");
+    assert!(
+        to_control.starts_with(&format!("{}/app-auth?host=", w.net.control_url)),
+        "{to_control}"
+    );
     assert_eq!(pages[1].status, StatusCode::FOUND);
     let back = pages[1].location().unwrap();
     assert!(
-        back.starts_with(&format!("https://{}:{}/.ferry/auth?token=", w.host(&w.app_label()), w.relay_port)),
+        back.starts_with(&format!(
+            "https://{}:{}/.ferry/auth?token=",
+            w.host(&w.app_label()),
+            w.relay_port
+        )),
         "{back}"
     );
     assert_eq!(pages[2].status, StatusCode::FOUND);
@@ -214,9 +228,16 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
     for flag in ["httponly", "secure"] {
         assert!(cookie.attributes.contains_key(flag), "{}", cookie.raw);
     }
-    assert_eq!(cookie.attributes.get("samesite").map(String::as_str), Some("Lax"));
+    assert_eq!(
+        cookie.attributes.get("samesite").map(String::as_str),
+        Some("Lax")
+    );
     assert_eq!(cookie.attributes.get("path").map(String::as_str), Some("/"));
-    assert!(!cookie.attributes.contains_key("domain"), "host-only: {}", cookie.raw);
+    assert!(
+        !cookie.attributes.contains_key("domain"),
+        "host-only: {}",
+        cookie.raw
+    );
     assert_eq!(pages[3].status, StatusCode::OK);
     assert_eq!(pages[3].text(), "hello from the app /hello?x=1");
     assert_eq!(pages[3].version, Version::HTTP_2);
@@ -224,7 +245,12 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
     // HTTP/1.1 with the same cookie.
     let h1 = w.browser.with_alpn(&[b"http/1.1"]);
     let page = h1
-        .send(h1.request(Method::GET, &w.url(&w.app_label(), "/again")).unwrap().body(empty()).unwrap())
+        .send(
+            h1.request(Method::GET, &w.url(&w.app_label(), "/again"))
+                .unwrap()
+                .body(empty())
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(page.version, Version::HTTP_11);
@@ -242,7 +268,13 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
         .body(empty())
         .unwrap();
     let mut req = req;
-    let cookies = req.headers().get(header::COOKIE).unwrap().to_str().unwrap().to_string();
+    let cookies = req
+        .headers()
+        .get(header::COOKIE)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     req.headers_mut().insert(
         header::COOKIE,
         HeaderValue::from_str(&format!("mine=1; {cookies}; ferry_session=x")).unwrap(),
@@ -250,7 +282,11 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
     let page = w.browser.send(req).await.unwrap();
     assert_eq!(page.status, StatusCode::OK, "{}", page.text());
     let seen: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
-    assert_eq!(seen["x-forwarded-for"], serde_json::json!(["127.0.0.1"]), "{seen}");
+    assert_eq!(
+        seen["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"]),
+        "{seen}"
+    );
     assert_eq!(
         seen["x-forwarded-host"],
         serde_json::json!([format!("{}:{}", w.host(&w.app_label()), w.relay_port)])
@@ -265,7 +301,10 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
         .browser
         .send(
             w.browser
-                .request(Method::GET, &format!("https://127.0.0.1:{}/.ferry/ping", w.relay_port))
+                .request(
+                    Method::GET,
+                    &format!("https://127.0.0.1:{}/.ferry/ping", w.relay_port),
+                )
                 .unwrap()
                 .body(empty())
                 .unwrap(),
@@ -292,13 +331,21 @@ async fn sign_in_flow_then_the_app_over_http1_and_http2() {
 /// Signs `browser` in to the app at `label` and answers its app cookie.
 async fn app_cookie(w: &WebNet, browser: &WebClient, label: &str) -> String {
     let pages = browser.get_following(&w.url(label, "/")).await.unwrap();
-    assert_eq!(pages.last().unwrap().status, StatusCode::OK, "{:?}", pages.last());
+    assert_eq!(
+        pages.last().unwrap().status,
+        StatusCode::OK,
+        "{:?}",
+        pages.last()
+    );
     browser.cookie(&w.host(label), &cookie_name()).unwrap()
 }
 
 /// GET with exactly this cookie header, no redirects followed.
 async fn get_with_cookie(w: &WebNet, label: &str, cookie: &str) -> common::web::Page {
-    let client = WebClient::new(&std::fs::read_to_string(&w.net.ca_file).unwrap(), &[b"http/1.1"]);
+    let client = WebClient::new(
+        &std::fs::read_to_string(&w.net.ca_file).unwrap(),
+        &[b"http/1.1"],
+    );
     let req = client
         .request(Method::GET, &w.url(label, "/"))
         .unwrap()
@@ -309,14 +356,18 @@ async fn get_with_cookie(w: &WebNet, label: &str, cookie: &str) -> common::web::
 }
 
 #[tokio::test]
-async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_stay_on_their_host() {
+async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_stay_on_their_host()
+{
     let w = WebNet::start("web-refusals").await;
     let ca = std::fs::read_to_string(&w.net.ca_file).unwrap();
     // bob, with his own running workspace and app cookie.
     w.net.ensure_workspace("web--bob").await.unwrap();
     let mut net = w.net;
     net.start_agent("web--bob", &[]).await.unwrap();
-    let bob_token = net.mint(ferry_proto::token::TokenKind::User, "bob", None).await.unwrap();
+    let bob_token = net
+        .mint(ferry_proto::token::TokenKind::User, "bob", None)
+        .await
+        .unwrap();
     net.wait_for_agent("web--bob", &bob_token).await.unwrap();
     net.ensure_workspace("idle--dev").await.unwrap();
     let w = WebNet { net, ..w };
@@ -350,7 +401,10 @@ async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_s
     // dev's own), and bob's cookie on dev's app: both are sent to sign in again.
     let dev_label = w.app_label();
     let dev_cookie = app_cookie(&w, &w.browser, &dev_label).await;
-    assert_eq!(get_with_cookie(&w, &dev_label, &dev_cookie).await.status, StatusCode::OK);
+    assert_eq!(
+        get_with_cookie(&w, &dev_label, &dev_cookie).await.status,
+        StatusCode::OK
+    );
     let other_port_label = format!("{closed_port}--demo--dev");
     let terminal_label = "terminal--demo--dev".to_string();
     for (label, cookie) in [
@@ -364,7 +418,12 @@ async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_s
     }
     // A sign-in link for one host does not set a cookie on another.
     let token = dev_cookie.clone();
-    let stolen = get_with_cookie_path(&w, &other_port_label, &format!("/.ferry/auth?token={token}&return=/")).await;
+    let stolen = get_with_cookie_path(
+        &w,
+        &other_port_label,
+        &format!("/.ferry/auth?token={token}&return=/"),
+    )
+    .await;
     assert_eq!(stolen.status, StatusCode::BAD_REQUEST);
     assert!(stolen.set_cookies().is_empty());
 
@@ -382,13 +441,19 @@ async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_s
         if page.status == StatusCode::FOUND {
             break;
         }
-        assert!(Instant::now() < deadline, "a revoked session's app cookie still works");
+        assert!(
+            Instant::now() < deadline,
+            "a revoked session's app cookie still works"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn get_with_cookie_path(w: &WebNet, label: &str, path: &str) -> common::web::Page {
-    let client = WebClient::new(&std::fs::read_to_string(&w.net.ca_file).unwrap(), &[b"http/1.1"]);
+    let client = WebClient::new(
+        &std::fs::read_to_string(&w.net.ca_file).unwrap(),
+        &[b"http/1.1"],
+    );
     let req = client
         .request(Method::GET, &w.url(label, path))
         .unwrap()
@@ -399,7 +464,10 @@ async fn get_with_cookie_path(w: &WebNet, label: &str, path: &str) -> common::we
 
 /// Sends raw bytes over TLS (HTTP/1.1) and answers the status line.
 async fn raw_status(w: &WebNet, request: &str) -> String {
-    let client = WebClient::new(&std::fs::read_to_string(&w.net.ca_file).unwrap(), &[b"http/1.1"]);
+    let client = WebClient::new(
+        &std::fs::read_to_string(&w.net.ca_file).unwrap(),
+        &[b"http/1.1"],
+    );
     let host = w.host(&w.app_label());
     let mut tls = client.tls(&host, w.relay_port).await.unwrap();
     tls.write_all(request.as_bytes()).await.unwrap();
@@ -420,15 +488,33 @@ async fn smuggling_inputs_are_refused_with_400() {
     // the length headers.
     let ok = raw_status(
         &w,
-        &format!("POST /upload HTTP/1.1\r\n{base}Content-Length: 5\r\nConnection: close\r\n\r\nhello"),
+        &format!(
+            "POST /upload HTTP/1.1\r\n{base}Content-Length: 5\r\nConnection: close\r\n\r\nhello"
+        ),
     )
     .await;
     assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
     for (what, headers, body) in [
-        ("CL+TE", "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n", "0\r\n\r\n"),
-        ("TE+CL", "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", "0\r\n\r\n"),
-        ("duplicate CL", "Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
-        ("conflicting CL", "Content-Length: 5\r\nContent-Length: 6\r\n", "hello!"),
+        (
+            "CL+TE",
+            "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
+            "0\r\n\r\n",
+        ),
+        (
+            "TE+CL",
+            "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
+            "0\r\n\r\n",
+        ),
+        (
+            "duplicate CL",
+            "Content-Length: 5\r\nContent-Length: 5\r\n",
+            "hello",
+        ),
+        (
+            "conflicting CL",
+            "Content-Length: 5\r\nContent-Length: 6\r\n",
+            "hello!",
+        ),
         ("CL list", "Content-Length: 5, 5\r\n", "hello"),
         ("bad TE", "Transfer-Encoding: gzip\r\n", "hello"),
     ] {
@@ -455,12 +541,17 @@ async fn websocket_upgrades_pass_through_to_the_app() {
         .header("connection", "Upgrade")
         .header("upgrade", "websocket")
         .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", tokio_tungstenite::tungstenite::handshake::client::generate_key())
+        .header(
+            "sec-websocket-key",
+            tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+        )
         .body(())
         .unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(request, tls).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
-    ws.send(Message::Text("hello over ferry".into())).await.unwrap();
+    ws.send(Message::Text("hello over ferry".into()))
+        .await
+        .unwrap();
     let big: Vec<u8> = common::random_bytes(1 << 20);
     ws.send(Message::Binary(big.clone())).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
@@ -473,7 +564,8 @@ async fn websocket_upgrades_pass_through_to_the_app() {
 /// Streams `len` bytes of a deterministic pattern seeded by `seed`, 64 KiB at a time,
 /// hashing as it goes; answers the body and a receiver of its digest.
 fn generated_body(seed: u64, len: u64) -> (Body, tokio::sync::oneshot::Receiver<String>) {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, common::web::BoxError>>(4);
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, common::web::BoxError>>(4);
     let (digest_tx, digest_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let mut rng = fastrand::Rng::with_seed(seed);
@@ -485,14 +577,21 @@ fn generated_body(seed: u64, len: u64) -> (Body, tokio::sync::oneshot::Receiver<
             rng.fill(&mut chunk);
             hasher.update(&chunk);
             left -= n as u64;
-            if tx.send(Ok(hyper::body::Frame::data(Bytes::from(chunk)))).await.is_err() {
+            if tx
+                .send(Ok(hyper::body::Frame::data(Bytes::from(chunk))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
         let _ = digest_tx.send(hex(&hasher.finalize()));
     });
     let stream = tokio_stream_from(rx);
-    (BodyExt::boxed(http_body_util::StreamBody::new(stream)), digest_rx)
+    (
+        BodyExt::boxed(http_body_util::StreamBody::new(stream)),
+        digest_rx,
+    )
 }
 
 fn tokio_stream_from<T: Send + 'static>(

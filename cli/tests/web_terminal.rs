@@ -58,11 +58,16 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
     browser.navigate(&url).await.unwrap();
     let at = browser.eval("location.href").await.unwrap();
     assert!(
-        at.as_str().unwrap().starts_with(&format!("{}/app-auth?", net.control_url)),
+        at.as_str()
+            .unwrap()
+            .starts_with(&format!("{}/app-auth?", net.control_url)),
         "{at}"
     );
     browser
-        .wait_for("!!document.getElementById('password')", Duration::from_secs(10))
+        .wait_for(
+            "!!document.getElementById('password')",
+            Duration::from_secs(10),
+        )
         .await
         .unwrap();
     browser
@@ -81,7 +86,10 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
         )
         .await
         .unwrap();
-    browser.eval("window.ferryTerminal.focus(); true").await.unwrap();
+    browser
+        .eval("window.ferryTerminal.focus(); true")
+        .await
+        .unwrap();
     browser.type_text("echo ok\r").await.unwrap();
     let found = browser
         .wait_for(
@@ -92,7 +100,10 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
     if found.is_err() {
         let screen = browser.eval(SCREEN).await.unwrap_or_default();
         let _ = browser.screenshot(&net.dir.0.join("terminal.png")).await;
-        panic!("no `ok` line on the terminal: {screen:#}; console {:#?}", browser.console);
+        panic!(
+            "no `ok` line on the terminal: {screen:#}; console {:#?}",
+            browser.console
+        );
     }
 
     // Resizing the terminal resizes the PTY.

@@ -138,7 +138,8 @@ pub fn safe_return_path(path: &str) -> Option<&str> {
 
 /// The one page for an app that does not exist, is not yours, or whose workspace is
 /// stopped (relay and control plane answer it alike, so none can be told apart).
-pub const NOT_FOUND_PAGE: &str = "<!doctype html><html><head><meta charset=\"utf-8\"><title>Not found</title></head>\
+pub const NOT_FOUND_PAGE: &str =
+    "<!doctype html><html><head><meta charset=\"utf-8\"><title>Not found</title></head>\
 <body style=\"font-family:sans-serif;margin:3em\"><h1>404: no such app</h1>\
 <p>This app does not exist, is not yours, or its workspace is not running.</p></body></html>\n";
 
@@ -204,7 +205,10 @@ mod tests {
         assert_eq!(app.hostname(DOMAIN), "8080--demo--dev.apps.eu.localhost");
         let term = AppHost::parse("terminal--demo--dev.apps.eu.localhost", DOMAIN).unwrap();
         assert_eq!(term.target, AppTarget::Terminal);
-        assert_eq!(term.hostname(DOMAIN), "terminal--demo--dev.apps.eu.localhost");
+        assert_eq!(
+            term.hostname(DOMAIN),
+            "terminal--demo--dev.apps.eu.localhost"
+        );
     }
 
     #[test]
@@ -248,7 +252,10 @@ mod tests {
             split_authority("A.Example:8443"),
             Some(("a.example".into(), Some(8443)))
         );
-        assert_eq!(split_authority("a.example"), Some(("a.example".into(), None)));
+        assert_eq!(
+            split_authority("a.example"),
+            Some(("a.example".into(), None))
+        );
         for bad in ["", "a:b", "a:70000", "u@a", "a b", "[::1]:80", "a/b"] {
             assert_eq!(split_authority(bad), None, "{bad}");
         }
@@ -264,7 +271,10 @@ mod tests {
     #[test]
     fn app_tokens_die_with_their_session() {
         let jti = app_token_id("aaa", "bbb");
-        assert_eq!(app_revocation_ids(&jti).collect::<Vec<_>>(), ["aaa-bbb", "aaa"]);
+        assert_eq!(
+            app_revocation_ids(&jti).collect::<Vec<_>>(),
+            ["aaa-bbb", "aaa"]
+        );
         assert_eq!(app_revocation_ids("plain").collect::<Vec<_>>(), ["plain"]);
     }
 
@@ -281,7 +291,15 @@ mod tests {
     #[test]
     fn return_paths_stay_on_the_host() {
         assert_eq!(safe_return_path("/a?b=c#d"), Some("/a?b=c#d"));
-        for bad in ["", "a", "//evil.com/", "/\\evil.com", "https://evil.com", "/a b", "/\n"] {
+        for bad in [
+            "",
+            "a",
+            "//evil.com/",
+            "/\\evil.com",
+            "https://evil.com",
+            "/a b",
+            "/\n",
+        ] {
             assert_eq!(safe_return_path(bad), None, "{bad:?}");
         }
     }

@@ -275,7 +275,11 @@ impl WebClient {
         for _ in 0..10 {
             let req = self.request(Method::GET, &url)?.body(empty())?;
             let page = self.send(req).await?;
-            let next = page.status.is_redirection().then(|| page.location()).flatten();
+            let next = page
+                .status
+                .is_redirection()
+                .then(|| page.location())
+                .flatten();
             let base = url.clone();
             pages.push(page);
             match next {

@@ -30,9 +30,7 @@ pub(crate) async fn app_auth(
     headers: HeaderMap,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let Some((hostname, port)) = query
-        .get("host")
-        .and_then(|h| app_host::split_authority(h))
+    let Some((hostname, port)) = query.get("host").and_then(|h| app_host::split_authority(h))
     else {
         return Ok(not_found());
     };

@@ -172,11 +172,10 @@ pub(crate) fn app_cookies(headers: &HeaderMap, ours: &str) -> Option<HeaderValue
 /// Whether an `Authorization` header carries one of ferry's own tokens (ferry's claims,
 /// valid or not), which an app must never see.
 pub(crate) fn is_ferry_authorization(value: &HeaderValue) -> bool {
-    let Some(token) = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-    else {
+    let Some(token) = value.to_str().ok().and_then(|v| {
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+    }) else {
         return false;
     };
     ferry_proto::token::peek_claims(token.trim()).is_some()

@@ -100,7 +100,9 @@ pub(crate) async fn forward(
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    parts.uri = path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    parts.uri = path
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
     parts.version = Version::HTTP_11;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);

@@ -69,7 +69,10 @@ impl Framing {
                 State::Head => {
                     if self.line.is_empty() {
                         // Empty lines before a request line are allowed and skipped.
-                        let blank = data.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
+                        let blank = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
                         out.extend_from_slice(&data[..blank]);
                         data = &data[blank..];
                         if data.is_empty() {
@@ -102,14 +105,22 @@ impl Framing {
                     out.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::Head } else { State::Body(left) };
+                    self.state = if left == 0 {
+                        State::Head
+                    } else {
+                        State::Body(left)
+                    };
                 }
                 State::ChunkData(left) => {
                     let n = usize::try_from(left).unwrap_or(usize::MAX).min(data.len());
                     out.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     let left = left - n as u64;
-                    self.state = if left == 0 { State::ChunkSize } else { State::ChunkData(left) };
+                    self.state = if left == 0 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkData(left)
+                    };
                 }
                 State::ChunkSize | State::Trailers => {
                     let Some(newline) = data.iter().position(|b| *b == b'\n') else {
@@ -333,7 +344,8 @@ mod tests {
         let clean = "POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello\
                      POST /b HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: 1\r\n\r\n\
                      GET /c HTTP/1.1\r\nHost: a\r\n\r\n";
-        let smuggled = "POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
+        let smuggled =
+            "POST /d HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx";
         for step in [1, 3, 64, 4096] {
             let (out, state) = run(clean.as_bytes(), step);
             assert_eq!(out, clean.as_bytes(), "step {step}");
@@ -341,7 +353,10 @@ mod tests {
             let both = format!("{clean}{smuggled}");
             let (out, _) = run(both.as_bytes(), step);
             let text = String::from_utf8(out).unwrap();
-            assert!(text.ends_with(&format!("{MARKER}: 1\r\n{MARKER}: 1\r\n\r\nx")), "step {step}: {text:?}");
+            assert!(
+                text.ends_with(&format!("{MARKER}: 1\r\n{MARKER}: 1\r\n\r\nx")),
+                "step {step}: {text:?}"
+            );
         }
     }
 

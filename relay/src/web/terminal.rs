@@ -35,7 +35,10 @@ fn asset(body: &'static [u8], content_type: &'static str) -> Response<Body> {
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     resp
 }
 
@@ -182,7 +185,11 @@ async fn bridge(
     let output = async {
         let mut buf = vec![0u8; 16 * 1024];
         while let Ok(Some(n)) = recv.read(&mut buf).await {
-            if ws_tx.send(Message::Binary(buf[..n].to_vec())).await.is_err() {
+            if ws_tx
+                .send(Message::Binary(buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
