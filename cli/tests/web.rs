@@ -637,3 +637,63 @@ async fn ten_concurrent_100_mib_uploads_arrive_intact() {
     }
     let _ = split_url;
 }
+
+#[tokio::test]
+async fn the_web_terminal_says_why_the_agent_refused() {
+    let mut w = WebNet::start("web-terminal-refused").await;
+    w.net
+        .start_agent("locked--dev", &["--disable-terminal"])
+        .await
+        .unwrap();
+    w.net
+        .wait_for_agent("locked--dev", &w.user_token)
+        .await
+        .unwrap();
+    let label = "terminal--locked--dev";
+    let cookie = app_cookie(&w, &w.browser, label).await;
+    let authority = format!("{}:{}", w.host(label), w.relay_port);
+    let h1 = w.browser.with_alpn(&[b"http/1.1"]);
+    let handshake = |origin: String| {
+        tokio_tungstenite::tungstenite::handshake::client::Request::builder()
+            .uri(format!("wss://{authority}/.ferry/terminal?cols=80&rows=24"))
+            .header("host", &authority)
+            .header("origin", origin)
+            .header("cookie", format!("{}={cookie}", cookie_name()))
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap()
+    };
+    // Another origin's page may not open the terminal with the user's cookie.
+    let tls = h1.tls(&w.host(label), w.relay_port).await.unwrap();
+    let refused =
+        tokio_tungstenite::client_async(handshake("https://evil.example".into()), tls).await;
+    assert!(refused.is_err(), "a cross-origin socket was accepted");
+
+    let tls = h1.tls(&w.host(label), w.relay_port).await.unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(handshake(format!("https://{authority}")), tls)
+            .await
+            .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(20), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let Message::Text(text) = first else {
+        panic!("expected the refusal as text, got {first:?}");
+    };
+    let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        message["error"]
+            .as_str()
+            .unwrap()
+            .contains("terminals are disabled in workspace `locked--dev`"),
+        "{message}"
+    );
+}
