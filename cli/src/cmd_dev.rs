@@ -250,10 +250,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     );
     let app_url = format!("https://{http_port}--{workspace}.{apps_domain}:{web_port}/");
     let terminal_url = format!("https://terminal--{workspace}.{apps_domain}:{web_port}/");
-    println!("    app in a browser  {app_url}");
-    println!("    web terminal      {terminal_url}");
+    println!("    app URL      {app_url}");
+    println!("    terminal URL {terminal_url}");
     println!(
-        "    (sign in as `{DEV_USER}`, password in {}; trust the dev CA {} in your browser)",
+        "                 (browser sign-in: `{DEV_USER}`, password in {}; trust the CA {})",
         data_dir.join(DEV_PASSWORD_FILE).display(),
         ca_file.display()
     );
