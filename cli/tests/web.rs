@@ -558,7 +558,24 @@ async fn websocket_upgrades_pass_through_to_the_app() {
     assert_eq!(first, Message::Text("hello over ferry".into()));
     let second = ws.next().await.unwrap().unwrap();
     assert_eq!(second.into_data(), big);
-    ws.close(None).await.unwrap();
+
+    // Revoking the browser's session ends the open WebSocket too.
+    let jti = ferry_proto::token::peek_claims(&w.user_token).unwrap().jti;
+    w.net
+        .control_client()
+        .delete(&format!("/api/v1/tokens/{jti}"), Some(&w.net.admin_token))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the WebSocket outlived its revoked session");
 }
 
 /// Streams `len` bytes of a deterministic pattern seeded by `seed`, 64 KiB at a time,

@@ -37,6 +37,18 @@ fn revoked(shared: &Shared, jti: &str) -> bool {
     app_host::app_revocation_ids(jti).any(|id| revoked.contains(id))
 }
 
+/// How often a long-lived session (a WebSocket) checks its app token is still good.
+const REVOCATION_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Resolves once the app token `jti` (or its session) is revoked: long-lived sessions
+/// end with it, as QUIC connections of revoked tokens do.
+pub(crate) async fn revoked_later(shared: &Shared, jti: &str) {
+    while !revoked(shared, jti) {
+        tokio::time::sleep(REVOCATION_POLL).await;
+    }
+    tracing::info!(jti, "app token revoked; ending its session");
+}
+
 /// Verifies an app token for `hostname`.
 fn verify(shared: &Shared, token: &str, hostname: &str) -> Option<Claims> {
     let claims = shared

@@ -46,6 +46,9 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body the relay sends: a page, or an app's streamed body.
 pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
+/// How long a browser may take to send a request head (HTTP/1.1).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a browser may take for the TLS handshake.
 const TLS_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -87,7 +90,11 @@ pub(crate) async fn serve(
                     let service = hyper::service::service_fn(move |req| {
                         handle(shared.clone(), web.clone(), peer, req)
                     });
-                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    builder
+                        .http1()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
                     let served = if h2 {
                         builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
@@ -175,11 +182,12 @@ async fn handle(
             let forwarded = proxy::Forwarded {
                 peer,
                 authority: &authority,
+                token_id: &claims.jti,
             };
             proxy::forward(&shared, &web, &app.workspace, port, forwarded, req).await
         }
         AppTarget::Terminal => {
-            terminal::serve(&shared, &web, &app.workspace, &authority, req).await
+            terminal::serve(&shared, &web, &app.workspace, &authority, &claims.jti, req).await
         }
     };
     Ok(resp)

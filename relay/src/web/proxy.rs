@@ -24,6 +24,9 @@ pub(crate) struct Forwarded<'a> {
     pub peer: SocketAddr,
     /// The host (and port) the browser asked for.
     pub authority: &'a str,
+    /// The id of the app token that let the request in (an upgraded connection ends
+    /// when it is revoked).
+    pub token_id: &'a str,
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), and
@@ -83,7 +86,7 @@ fn wants_websocket(req: &Request<Incoming>) -> bool {
 /// Forwards `req` to `port` in `workspace`; answers 404 for an app that is not there
 /// (like any unknown app) and 502 when the way to it failed.
 pub(crate) async fn forward(
-    shared: &Shared,
+    shared: &std::sync::Arc<Shared>,
     web: &Web,
     workspace: &WorkspaceLabel,
     port: u16,
@@ -183,6 +186,8 @@ pub(crate) async fn forward(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let stop = web.stop.clone();
         let guard = shared.drain.stream();
+        let shared = shared.clone();
+        let token_id = who.token_id.to_string();
         web.tasks.spawn(async move {
             let _open = guard;
             let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) else {
@@ -192,6 +197,7 @@ pub(crate) async fn forward(
             let mut upstream = TokioIo::new(upstream);
             tokio::select! {
                 _ = stop.cancelled() => {}
+                _ = auth::revoked_later(&shared, &token_id) => {}
                 _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
             }
         });

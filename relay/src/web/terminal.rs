@@ -47,6 +47,7 @@ pub(crate) async fn serve(
     web: &Web,
     workspace: &WorkspaceLabel,
     authority: &str,
+    token_id: &str,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -67,7 +68,7 @@ pub(crate) async fn serve(
         "/.ferry/xterm.js" => asset(XTERM_JS, "text/javascript; charset=utf-8"),
         "/.ferry/xterm.css" => asset(XTERM_CSS, "text/css; charset=utf-8"),
         "/.ferry/addon-fit.js" => asset(FIT_JS, "text/javascript; charset=utf-8"),
-        SOCKET_PATH => socket(shared, web, workspace, authority, req),
+        SOCKET_PATH => socket(shared, web, workspace, authority, token_id, req),
         _ => pages::not_found(),
     }
 }
@@ -102,6 +103,7 @@ fn socket(
     web: &Web,
     workspace: &WorkspaceLabel,
     authority: &str,
+    token_id: &str,
     mut req: Request<Incoming>,
 ) -> Response<Body> {
     let headers = req.headers();
@@ -125,12 +127,14 @@ fn socket(
     let stop = web.stop.clone();
     let guard = shared.drain.stream();
     let label = workspace.clone();
+    let token_id = token_id.to_string();
     web.tasks.spawn(async move {
         let _open = guard;
         let Ok(upgraded) = upgrade.await else { return };
         let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
         tokio::select! {
             _ = stop.cancelled() => {}
+            _ = super::auth::revoked_later(&shared, &token_id) => {}
             _ = bridge(&shared, &header, ws) => {}
         }
         tracing::debug!(workspace = %label, "web terminal closed");
