@@ -714,3 +714,45 @@ async fn the_web_terminal_says_why_the_agent_refused() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn any_relay_of_the_region_serves_the_app_with_the_same_cookie() {
+    let mut net = Network::start("web-mesh").await.unwrap();
+    let mut ports = Vec::new();
+    // The agent holds two of them (owner and standby): the third reaches it over the
+    // mesh.
+    for name in ["eu-1", "eu-2", "eu-3"] {
+        let addr = net
+            .start_relay_with(name, "eu", "127.0.0.1:0", &["--apps-domain", APPS])
+            .await
+            .unwrap();
+        ports.push(addr.port());
+    }
+    net.start_agent("demo--dev", &[]).await.unwrap();
+    let user = net
+        .mint(ferry_proto::token::TokenKind::User, "dev", None)
+        .await
+        .unwrap();
+    net.wait_for_agent("demo--dev", &user).await.unwrap();
+    let app_port = app_server().await;
+    let ca = std::fs::read_to_string(&net.ca_file).unwrap();
+    let browser = WebClient::new(&ca, &[b"h2", b"http/1.1"]);
+    browser.sign_in(&net.control_url, &user).await.unwrap();
+    let host = format!("{app_port}--demo--dev.{APPS}");
+    // Signed in through one relay; the cookie (per host, whatever the port, as
+    // browsers keep them) works on every other.
+    let first = browser
+        .get_following(&format!("https://{host}:{}/one", ports[0]))
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 4);
+    assert_eq!(first[3].text(), "hello from the app /one");
+    for port in &ports {
+        let pages = browser
+            .get_following(&format!("https://{host}:{port}/two"))
+            .await
+            .unwrap();
+        assert_eq!(pages.len(), 1, "signed in already: {:?}", pages[0]);
+        assert_eq!(pages[0].text(), "hello from the app /two");
+    }
+}
