@@ -81,6 +81,20 @@ async fn app(mut req: Request<hyper::body::Incoming>) -> Result<Response<Body>, 
             }
             text(StatusCode::OK, format!("{len} {}", hex(&hasher.finalize())))
         }
+        "/download" => {
+            // `?SEED-LEN`: LEN bytes generated from SEED, streamed as they are made.
+            let (seed, len) = req
+                .uri()
+                .query()
+                .and_then(|q| q.split_once('-'))
+                .and_then(|(s, l)| Some((s.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
+                .unwrap_or((0, 0));
+            let (body, _) = generated_body(seed, len);
+            let mut resp = Response::new(body);
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+            resp
+        }
         "/ws" => {
             let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
             let Some(key) = key else {
@@ -754,5 +768,41 @@ async fn any_relay_of_the_region_serves_the_app_with_the_same_cookie() {
             .unwrap();
         assert_eq!(pages.len(), 1, "signed in already: {:?}", pages[0]);
         assert_eq!(pages[0].text(), "hello from the app /two");
+    }
+}
+
+#[tokio::test]
+async fn large_downloads_stream_through_intact_over_http1_and_http2() {
+    const LEN: u64 = 64 * 1024 * 1024;
+    let w = WebNet::start("web-download").await;
+    let label = w.app_label();
+    app_cookie(&w, &w.browser, &label).await;
+    for (seed, alpn) in [(7u64, b"h2".as_slice()), (8, b"http/1.1".as_slice())] {
+        let client = w.browser.with_alpn(&[alpn]);
+        let url = w.url(&label, &format!("/download?{seed}-{LEN}"));
+        let page = client
+            .send(
+                client
+                    .request(Method::GET, &url)
+                    .unwrap()
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.status, StatusCode::OK);
+        assert_eq!(page.body.len() as u64, LEN);
+        // The same bytes the app's generator made.
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut expected = vec![0u8; LEN as usize];
+        for chunk in expected.chunks_mut(64 * 1024) {
+            rng.fill(chunk);
+        }
+        drop(digest);
+        assert!(
+            page.body == expected,
+            "download over {:?} differs",
+            page.version
+        );
     }
 }
