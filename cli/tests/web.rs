@@ -798,7 +798,6 @@ async fn large_downloads_stream_through_intact_over_http1_and_http2() {
         for chunk in expected.chunks_mut(64 * 1024) {
             rng.fill(chunk);
         }
-        drop(digest);
         assert!(
             page.body == expected,
             "download over {:?} differs",
