@@ -408,6 +408,29 @@ async fn strangers_unknown_apps_and_stopped_workspaces_get_one_404_and_cookies_s
         assert_eq!(last.status, StatusCode::NOT_FOUND, "{label}: {:?}", last);
         bodies.push(last.text());
     }
+    // The control plane sends browsers only to app hosts of registered relays.
+    for host in [
+        "evil.example",
+        "8080--demo--dev.apps.evil.example",
+        "8080--demo--dev.apps.eu.localhost.evil.example",
+    ] {
+        let pages = w
+            .browser
+            .get_following(&format!(
+                "{}/app-auth?host={host}:{}&return=/",
+                w.net.control_url, w.relay_port
+            ))
+            .await
+            .unwrap();
+        assert_eq!(
+            pages.len(),
+            1,
+            "{host}: redirected to {:?}",
+            pages[0].location()
+        );
+        assert_eq!(pages[0].status, StatusCode::NOT_FOUND);
+        bodies.push(pages[0].text());
+    }
     assert!(bodies.windows(2).all(|b| b[0] == b[1]), "{bodies:#?}");
     assert_eq!(bodies[0], ferry_proto::app_host::NOT_FOUND_PAGE);
 
