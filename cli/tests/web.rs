@@ -5,145 +5,18 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::web::{empty, split_url, Body, WebClient};
+use common::web::{empty, WebClient};
+use common::web_app::{app_server, generated_body};
 use common::Network;
 use futures_util::{SinkExt, StreamExt};
-use http_body_util::BodyExt;
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request, Response, StatusCode, Version};
-use hyper_util::rt::TokioIo;
-use sha2::{Digest, Sha256};
+use hyper::{Method, StatusCode, Version};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 const APPS: &str = "apps.eu.localhost";
-
-/// The test's app: `/headers` answers the request's headers as JSON, `/upload` the
-/// length and SHA-256 of the body (read as it streams), `/ws` echoes WebSocket
-/// messages, anything else `hello from the app PATH`.
-async fn app_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(app);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades()
-                    .await;
-            });
-        }
-    });
-    port
-}
-
-fn text(status: StatusCode, body: String) -> Response<Body> {
-    let mut resp = Response::new(common::web::bytes_body(body));
-    *resp.status_mut() = status;
-    resp
-}
-
-async fn app(mut req: Request<hyper::body::Incoming>) -> Result<Response<Body>, Infallible> {
-    Ok(match req.uri().path() {
-        "/headers" => {
-            let mut map = serde_json::Map::new();
-            for (name, value) in req.headers() {
-                let entry = map
-                    .entry(name.as_str().to_string())
-                    .or_insert_with(|| serde_json::json!([]));
-                entry
-                    .as_array_mut()
-                    .unwrap()
-                    .push(value.to_str().unwrap_or("?").into());
-            }
-            text(StatusCode::OK, serde_json::Value::Object(map).to_string())
-        }
-        "/upload" => {
-            let mut hasher = Sha256::new();
-            let mut len = 0u64;
-            let mut body = req.into_body();
-            while let Some(frame) = body.frame().await {
-                match frame {
-                    Ok(frame) => {
-                        if let Some(data) = frame.data_ref() {
-                            len += data.len() as u64;
-                            hasher.update(data);
-                        }
-                    }
-                    Err(e) => return Ok(text(StatusCode::BAD_REQUEST, e.to_string())),
-                }
-            }
-            text(StatusCode::OK, format!("{len} {}", hex(&hasher.finalize())))
-        }
-        "/download" => {
-            // `?SEED-LEN`: LEN bytes generated from SEED, streamed as they are made.
-            let (seed, len) = req
-                .uri()
-                .query()
-                .and_then(|q| q.split_once('-'))
-                .and_then(|(s, l)| Some((s.parse::<u64>().ok()?, l.parse::<u64>().ok()?)))
-                .unwrap_or((0, 0));
-            let (body, _) = generated_body(seed, len);
-            let mut resp = Response::new(body);
-            resp.headers_mut()
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            resp
-        }
-        "/ws" => {
-            let key = req.headers().get(header::SEC_WEBSOCKET_KEY).cloned();
-            let Some(key) = key else {
-                return Ok(text(StatusCode::BAD_REQUEST, "no key".into()));
-            };
-            let upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                let Ok(upgraded) = upgrade.await else { return };
-                let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    tokio_tungstenite::tungstenite::protocol::Role::Server,
-                    None,
-                )
-                .await;
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-            let mut resp = text(StatusCode::SWITCHING_PROTOCOLS, String::new());
-            let h = resp.headers_mut();
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            h.insert(
-                header::SEC_WEBSOCKET_ACCEPT,
-                HeaderValue::from_str(
-                    &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-                )
-                .unwrap(),
-            );
-            resp
-        }
-        _ => text(
-            StatusCode::OK,
-            format!(
-                "hello from the app {}",
-                req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("")
-            ),
-        ),
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// A network with one web relay in `eu`, an agent for `demo--dev`, the test's app, and
 /// a browser signed in as `dev`.
@@ -615,45 +488,6 @@ async fn websocket_upgrades_pass_through_to_the_app() {
     assert!(ended.is_ok(), "the WebSocket outlived its revoked session");
 }
 
-/// Streams `len` bytes of a deterministic pattern seeded by `seed`, 64 KiB at a time,
-/// hashing as it goes; answers the body and a receiver of its digest.
-fn generated_body(seed: u64, len: u64) -> (Body, tokio::sync::oneshot::Receiver<String>) {
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<hyper::body::Frame<Bytes>, common::web::BoxError>>(4);
-    let (digest_tx, digest_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut rng = fastrand::Rng::with_seed(seed);
-        let mut hasher = Sha256::new();
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(64 * 1024) as usize;
-            let mut chunk = vec![0u8; n];
-            rng.fill(&mut chunk);
-            hasher.update(&chunk);
-            left -= n as u64;
-            if tx
-                .send(Ok(hyper::body::Frame::data(Bytes::from(chunk))))
-                .await
-                .is_err()
-            {
-                return;
-            }
-        }
-        let _ = digest_tx.send(hex(&hasher.finalize()));
-    });
-    let stream = tokio_stream_from(rx);
-    (
-        BodyExt::boxed(http_body_util::StreamBody::new(stream)),
-        digest_rx,
-    )
-}
-
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures_util::Stream<Item = T> + Send + 'static {
-    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
-}
-
 #[tokio::test]
 async fn ten_concurrent_100_mib_uploads_arrive_intact() {
     const LEN: u64 = 100 * 1024 * 1024;
@@ -689,7 +523,6 @@ async fn ten_concurrent_100_mib_uploads_arrive_intact() {
         assert_eq!(page.status, StatusCode::OK, "upload {i}: {}", page.text());
         assert_eq!(page.text(), format!("{LEN} {digest}"), "upload {i}");
     }
-    let _ = split_url;
 }
 
 #[tokio::test]

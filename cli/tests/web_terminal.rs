@@ -86,6 +86,14 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
         )
         .await
         .unwrap();
+    // Type once the shell is there (its prompt is on the screen).
+    browser
+        .wait_for(
+            &format!("{SCREEN}.some(l => l.trim().length > 0)"),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
     browser
         .eval("window.ferryTerminal.focus(); true")
         .await
@@ -93,7 +101,7 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
     browser.type_text("echo ok\r").await.unwrap();
     let found = browser
         .wait_for(
-            &format!("{SCREEN}.some(l => l.trim() === 'ok')"),
+            &format!("{SCREEN}.some(l => /^([#$%>] )?ok$/.test(l.trim()))"),
             Duration::from_secs(20),
         )
         .await;
@@ -114,7 +122,7 @@ async fn the_terminal_page_signs_in_types_echo_ok_and_reads_ok_back() {
     browser.type_text("stty size\r").await.unwrap();
     browser
         .wait_for(
-            &format!("{SCREEN}.some(l => l.trim() === '30 100')"),
+            &format!("{SCREEN}.some(l => /^([#$%>] )?30 100$/.test(l.trim()))"),
             Duration::from_secs(20),
         )
         .await

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod web;
+pub mod web_app;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
