@@ -13,6 +13,7 @@
 
 mod backoff;
 mod link;
+pub mod metrics;
 mod pty;
 mod serve;
 mod terminal;
@@ -157,6 +158,7 @@ impl Agent {
 
     /// Runs until cancelled, or until the token is refused for good.
     pub async fn run(self, cancel: CancellationToken) -> Result<(), AgentError> {
+        metrics::describe();
         let control = ControlClient::new(&self.config.control_url, &self.config.ca_pem)?;
         let tls = ferry_certs::client_config(&self.config.ca_pem, &[alpn::AGENT])?;
         let ctx = Arc::new(LinkContext {

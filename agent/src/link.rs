@@ -20,6 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{AgentError, Backoff, PortPolicy};
 
+/// How often the RTT to a connected relay is put in the metrics.
+const RTT_SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
 /// What a link tells the agent's main loop.
 #[derive(Debug)]
 pub(crate) enum LinkEvent {
@@ -112,11 +115,16 @@ async fn connect(
             relay.name, relay.quic_addr
         ))));
     };
+    let started = std::time::Instant::now();
     let session = tokio::select! {
         _ = stop.cancelled() => return Ok(None),
         _ = retire.cancelled() => return Ok(None),
         s = dial::connect(endpoint, addr, &relay.server_name, &ctx.token) => s,
     };
+    match &session {
+        Ok(_) => crate::metrics::relay_connected_in(started.elapsed()),
+        Err(_) => crate::metrics::relay_connect_failed(),
+    }
     match session {
         Ok(s) => {
             tracing::info!(workspace = %ctx.workspace, relay = %relay.name, %addr, "connected to relay");
@@ -145,6 +153,8 @@ async fn serve(
     events: &mpsc::Sender<LinkEvent>,
 ) -> Option<String> {
     let conn = session.conn;
+    let _up = crate::metrics::relay_up();
+    let mut rtt_sample = tokio::time::interval(RTT_SAMPLE_EVERY);
     let (_control_send, control_recv) = session.control;
     let mut notices = Some(Box::pin(next_notice(control_recv)));
     let mut streams = JoinSet::new();
@@ -161,6 +171,7 @@ async fn serve(
                 break None;
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = rtt_sample.tick() => crate::metrics::relay_rtt(&relay.name, conn.rtt()),
             (recv, notice) = async { notices.as_mut().expect("guarded").await }, if notices.is_some() => {
                 match notice {
                     Ok(Notice::GoAway { reconnect_after_ms }) => {

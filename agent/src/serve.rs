@@ -32,6 +32,7 @@ impl PortPolicy {
 }
 
 pub(crate) async fn refuse(mut send: SendStream, frame: ErrorFrame) {
+    crate::metrics::refused(frame.code);
     tracing::debug!(code = %frame.code, reason = %frame.message, "stream refused");
     let _ = write_frame(&mut send, &Reply::Error(frame)).await;
     let _ = send.finish();
@@ -75,6 +76,7 @@ pub async fn serve_stream(
         );
         return refuse(send, frame).await;
     }
+    let _active = crate::metrics::stream(&header.target);
     let addr: SocketAddr = match header.target {
         Target::Port(port) if ports.allows(port) => SocketAddr::from(([127, 0, 0, 1], port)),
         Target::Port(port) => {
@@ -90,8 +92,12 @@ pub async fn serve_stream(
                 .await;
         }
     };
+    let dial_started = std::time::Instant::now();
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
+        Ok(Ok(tcp)) => {
+            crate::metrics::dialed(&header.target, dial_started.elapsed());
+            tcp
+        }
         Ok(Err(e)) => {
             let frame = ErrorFrame::new(
                 ErrorCode::TargetUnreachable,
@@ -115,5 +121,6 @@ pub async fn serve_stream(
         return;
     }
     let stats = ferry_transport::splice::quic_with_tcp(send, recv, tcp).await;
+    crate::metrics::spliced(stats.forward, stats.backward);
     tracing::debug!(target = %header.target, down = stats.forward, up = stats.backward, "stream done");
 }

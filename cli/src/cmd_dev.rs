@@ -98,7 +98,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     });
     let mut tasks = JoinSet::new();
 
-    let plane = ControlPlane::bind(&ControlConfig {
+    let mut plane = ControlPlane::bind(&ControlConfig {
         data_dir: data_dir.clone(),
         listen: ([127, 0, 0, 1], args.control_port).into(),
         names: vec!["127.0.0.1".into(), "localhost".into()],
@@ -107,6 +107,10 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     .await
     .context("starting the control plane (is another `ferry dev` running? try --control-port 0)")?;
     let control_url = format!("https://127.0.0.1:{}", plane.local_addr().port());
+    let loopback_any: std::net::SocketAddr = ([127, 0, 0, 1], 0).into();
+    // One process, one metrics registry: every admin port below serves the whole dev
+    // network's metrics (relay series carry a `relay` label).
+    let control_admin = plane.bind_admin(loopback_any).await?;
     let ca_pem = plane.state().ca().cert_pem().to_string();
     let ca_file = ferry_certs::Ca::cert_path(&data_dir);
     let workspace = ferry_proto::WorkspaceLabel::new(DEMO_WORKSPACE, DEV_USER)?;
@@ -156,6 +160,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         config.cache_dir = Some(data_dir.join("relay-cache"));
         // Browsers resolve every *.localhost name to loopback: no DNS set-up needed.
         config.apps_domain = Some(format!("apps.{region}.localhost"));
+        config.admin_listen = Some(loopback_any);
         let relay = Relay::start(config, cancel.clone())
             .await
             .with_context(|| format!("starting relay {name}"))?;
@@ -164,6 +169,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
             "region": region,
             "addr": relay.local_addr().to_string(),
             "apps_domain": format!("apps.{region}.localhost"),
+            "admin_addr": relay.admin_addr().map(|a| a.to_string()),
         }));
         tasks.spawn(relay.run());
     }
@@ -177,6 +183,9 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     let mut agent_config = AgentConfig::new(control_url.clone(), ca_pem.clone(), agent_token);
     agent_config.region = args.regions.first().cloned();
     let agent = Agent::new(agent_config)?;
+    let agent_admin = crate::cmd_servers::agent_admin(loopback_any, &agent).await?;
+    let agent_admin_addr = agent_admin.local_addr();
+    tasks.spawn(agent_admin.serve(cancel.clone()));
     let mut status = agent.status();
     let agent_cancel = cancel.clone();
     tasks.spawn(async move {
@@ -228,10 +237,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     );
     for r in &relays {
         println!(
-            "  relay {:<8} region {:<6} quic://{}",
+            "  relay {:<8} region {:<6} quic://{}   metrics http://{}/metrics",
             r["name"].as_str().unwrap_or(""),
             r["region"].as_str().unwrap_or(""),
-            r["addr"].as_str().unwrap_or("")
+            r["addr"].as_str().unwrap_or(""),
+            r["admin_addr"].as_str().unwrap_or("")
         );
     }
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
@@ -257,6 +267,12 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         data_dir.join(DEV_PASSWORD_FILE).display(),
         ca_file.display()
     );
+    println!(
+        "  metrics        http://{control_admin}/metrics (control plane), http://{agent_admin_addr}/metrics (agent)"
+    );
+    println!(
+        "                 (one process: each admin port serves the whole dev network's metrics)"
+    );
     if args.no_config {
         println!("\n  CLI config not written (--no-config).");
     } else {
@@ -281,6 +297,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
                 "app_url": app_url,
                 "terminal_url": terminal_url,
                 "relays": relays,
+                "control_admin_addr": control_admin.to_string(),
+                "agent_admin_addr": agent_admin_addr.to_string(),
             }),
         )?;
     }

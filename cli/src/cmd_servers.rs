@@ -43,6 +43,9 @@ pub struct ControlArgs {
     /// Host names and IPs the API certificate covers (repeatable)
     #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
     pub names: Vec<String>,
+    /// Plain-HTTP admin address (/healthz, /readyz, /metrics), apart from the API; port 0 picks a free port
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
     /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB) [default: SQLite in the data dir]
     #[arg(long, env = "FERRY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
@@ -59,7 +62,11 @@ pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()>
         names: args.names.clone(),
         database_url: args.database_url.clone(),
     };
-    let plane = ControlPlane::bind(&config).await?;
+    let mut plane = ControlPlane::bind(&config).await?;
+    let admin_addr = plane
+        .bind_admin(args.admin_listen)
+        .await
+        .context("binding the admin port")?;
     let addr = plane.local_addr();
     let admin = plane
         .mint(TokenKind::Admin, "admin", "bootstrap admin", 30 * 24 * 3600)
@@ -81,10 +88,16 @@ pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()>
         "  admin token:    {} (mint tokens with `ferry token`)",
         admin_file.display()
     );
+    println!("  admin port:     http://{admin_addr}/readyz, metrics http://{admin_addr}/metrics");
     if let Some(path) = &args.ready_file {
         write_ready_file(
             path,
-            &serde_json::json!({ "url": url, "ca_file": ca_file, "admin_token_file": admin_file }),
+            &serde_json::json!({
+                "url": url,
+                "ca_file": ca_file,
+                "admin_token_file": admin_file,
+                "admin_addr": admin_addr.to_string(),
+            }),
         )?;
     }
     plane.serve(cancel).await;
@@ -136,9 +149,15 @@ pub struct RelayArgs {
     /// pointing at the relays of the region)
     #[arg(long, env = "FERRY_APPS_DOMAIN")]
     pub apps_domain: Option<String>,
-    /// Plain-HTTP admin address (/healthz, /readyz); port 0 picks a free port
+    /// Plain-HTTP admin address (/healthz, /readyz, /metrics); port 0 picks a free port
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
+    /// Streams carried at once; more are refused with `overloaded` (clients retry elsewhere)
+    #[arg(long, env = "FERRY_MAX_STREAMS", default_value_t = ferry_relay::DEFAULT_MAX_STREAMS)]
+    pub max_streams: usize,
+    /// Agent and client connections held at once (mesh links not counted); more are refused with `overloaded`
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = ferry_relay::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
     /// Seconds open streams may run after SIGTERM before they are cut
     #[arg(long, env = "FERRY_DRAIN_GRACE", default_value_t = 30)]
     pub drain_grace: u64,
@@ -166,6 +185,14 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         .apps_domain
         .as_ref()
         .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+    if args.max_streams == 0 {
+        bail!("--max-streams must be at least 1");
+    }
+    config.max_streams = args.max_streams;
+    if args.max_connections == 0 {
+        bail!("--max-connections must be at least 1");
+    }
+    config.max_connections = args.max_connections;
     config.drain_grace = Duration::from_secs(args.drain_grace);
     config.refresh = Duration::from_millis(args.refresh_ms.max(50));
     config.cache_dir = Some(
@@ -199,7 +226,10 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         )?;
     }
     if let Some(admin) = relay.admin_addr() {
-        println!("relay {}: admin http://{admin}/readyz", args.name);
+        println!(
+            "relay {}: admin http://{admin}/readyz, metrics http://{admin}/metrics",
+            args.name
+        );
     }
     relay.run().await;
     Ok(())
@@ -231,9 +261,15 @@ pub struct AgentArgs {
     /// Refuse terminal sessions
     #[arg(long, conflicts_with = "shell")]
     pub disable_terminal: bool,
+    /// Plain-HTTP admin address (/healthz, /readyz: connected to a relay, /metrics); port 0 picks a free port
+    #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
+    pub admin_listen: SocketAddr,
     /// Milliseconds between fetches of the region map
     #[arg(long, default_value_t = 3000, hide = true)]
     pub refresh_ms: u64,
+    /// Write a JSON file with the admin address once listening
+    #[arg(long, hide = true)]
+    pub ready_file: Option<PathBuf>,
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
@@ -250,9 +286,45 @@ pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
         config.ports = PortPolicy::Only(args.allow_ports);
     }
     let agent = Agent::new(config)?;
-    tracing::info!(workspace = %agent.workspace(), "agent starting");
-    agent.run(cancel).await?;
+    let admin = agent_admin(args.admin_listen, &agent).await?;
+    let admin_addr = admin.local_addr();
+    tracing::info!(workspace = %agent.workspace(), admin = %admin_addr, "agent starting");
+    println!(
+        "agent {}: admin http://{admin_addr}/readyz, metrics http://{admin_addr}/metrics",
+        agent.workspace()
+    );
+    if let Some(path) = &args.ready_file {
+        write_ready_file(
+            path,
+            &serde_json::json!({ "admin_addr": admin_addr.to_string() }),
+        )?;
+    }
+    let admin_stop = CancellationToken::new();
+    let (result, ()) = tokio::join!(
+        async {
+            let result = agent.run(cancel).await;
+            admin_stop.cancel();
+            result
+        },
+        admin.serve(admin_stop.clone())
+    );
+    result?;
     Ok(())
+}
+
+/// The agent's admin port: ready while a relay connection is up.
+pub async fn agent_admin(
+    listen: SocketAddr,
+    agent: &Agent,
+) -> Result<ferry_telemetry::AdminServer> {
+    let status = agent.status();
+    Ok(ferry_telemetry::AdminServer::bind(listen)
+        .await
+        .with_context(|| format!("binding the admin port {listen}"))?
+        .readiness(move || match &*status.borrow() {
+            ferry_agent::AgentStatus::Connected { .. } => ferry_telemetry::Readiness::Ready,
+            other => ferry_telemetry::Readiness::NotReady(format!("{other:?}")),
+        }))
 }
 
 #[derive(Debug, clap::Args)]

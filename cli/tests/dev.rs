@@ -117,6 +117,27 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
         .as_str()
         .unwrap()
         .starts_with("https://terminal--demo--dev.apps.eu.localhost:"));
+    // Every part has an admin port; one process, so each serves the whole network's
+    // metrics, relays told apart by their label.
+    let relay_admin: std::net::SocketAddr =
+        info["relays"][0]["admin_addr"].as_str().unwrap().parse()?;
+    for key in ["control_admin_addr", "agent_admin_addr"] {
+        let addr: std::net::SocketAddr = info[key].as_str().unwrap().parse()?;
+        assert_eq!(http_get(addr, "/readyz").await?.0, 200, "{key}");
+    }
+    let metrics = scrape(relay_admin).await?;
+    let through: f64 = relays
+        .iter()
+        .map(|r| {
+            metrics.sum(
+                "ferry_relay_streams_opened_total",
+                &[("relay", r), ("kind", "port")],
+            )
+        })
+        .sum();
+    assert_eq!(through, 5.0, "one stream per relay, then one more");
+    assert!(metrics.has("ferry_agent_relay_connections", &[]));
+    assert!(metrics.has("ferry_control_http_requests_total", &[]));
 
     // Ctrl-C: everything stops, cleanly and promptly.
     let pid = dev.id().unwrap() as i32;

@@ -145,6 +145,21 @@ async fn a_killed_owner_fails_over_to_the_standby_within_seconds() -> anyhow::Re
     Ok(())
 }
 
+/// Waits until each workspace is on its (owner, standby) and the directory names that
+/// owner: the relays agree with the ring even where the agent's connections did not
+/// change (a standby whose owner left becomes the owner).
+async fn settled(net: &Network, placements: Vec<(String, Vec<String>)>) -> anyhow::Result<()> {
+    for (w, relays) in &placements {
+        net.wait_for_placement(w, &[&relays[0], &relays[1]]).await?;
+    }
+    let started = Instant::now();
+    for (w, relays) in &placements {
+        net.wait_for_owner(w, &relays[0]).await?;
+    }
+    println!("owners agreed {:?} after placement", started.elapsed());
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
     let mut net = Network::start("mesh-churn").await?;
@@ -166,10 +181,27 @@ async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
             })
             .collect::<Vec<_>>()
     };
-    for (w, relays) in settle(&["eu-1", "eu-2"]) {
-        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
-            .await?;
-    }
+    // Every directory snapshot during the churn, to check that no workspace ever had
+    // two owners and that every owner held the agent.
+    let snapshots = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let watching = tokio_util::sync::CancellationToken::new();
+    let watcher = {
+        let (snapshots, watching) = (snapshots.clone(), watching.clone());
+        let control = net.control_client();
+        let admin = net.admin_token.clone();
+        tokio::spawn(async move {
+            while !watching.is_cancelled() {
+                if let Ok(d) = control
+                    .get::<ferry_proto::api::DirectoryResponse>("/api/v1/directory", Some(&admin))
+                    .await
+                {
+                    snapshots.lock().unwrap().push(d.workspaces);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    settled(&net, settle(&["eu-1", "eu-2"])).await?;
     check_all(&net, &user, &workspaces, echo).await?;
 
     // A relay joins: agents whose placement now includes it move there.
@@ -183,9 +215,7 @@ async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
         "eu-3 joined: {moved} of {} workspaces placed on it",
         three.len()
     );
-    for (w, relays) in &three {
-        net.wait_for_placement(w, &[&relays[0], &relays[1]]).await?;
-    }
+    settled(&net, three).await?;
     check_all(&net, &user, &workspaces, echo).await?;
 
     // It leaves (drained): they move back.
@@ -194,11 +224,39 @@ async fn agents_follow_ring_churn_and_stay_reachable() -> anyhow::Result<()> {
     let mut child = leaving.child;
     let exit = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
     assert!(exit.success());
-    for (w, relays) in settle(&["eu-1", "eu-2"]) {
-        net.wait_for_placement(&w, &[&relays[0], &relays[1]])
-            .await?;
-    }
+    settled(&net, settle(&["eu-1", "eu-2"])).await?;
     check_all(&net, &user, &workspaces, echo).await?;
+
+    watching.cancel();
+    watcher.await?;
+    let snapshots = snapshots.lock().unwrap();
+    assert!(
+        snapshots.len() > 10,
+        "the directory was polled {} times",
+        snapshots.len()
+    );
+    let mut ownerless = 0;
+    for snapshot in snapshots.iter() {
+        for w in &workspaces {
+            let records: Vec<_> = snapshot.iter().filter(|r| &r.workspace == w).collect();
+            assert!(records.len() <= 1, "{w} listed twice: {records:?}");
+            let Some(record) = records.first() else {
+                continue;
+            };
+            match &record.owner {
+                Some(owner) => assert_eq!(
+                    record.relays.first(),
+                    Some(owner),
+                    "{w}'s owner must hold its agent and be listed first: {record:?}"
+                ),
+                None => ownerless += 1,
+            }
+        }
+    }
+    println!(
+        "{} directory snapshots; a workspace was without an owner (served by its standby) in {ownerless} places",
+        snapshots.len()
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@
 mod api;
 pub mod keyring;
 mod limiter;
+mod metrics;
 mod server;
 mod state;
 pub mod store;

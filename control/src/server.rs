@@ -59,6 +59,8 @@ pub struct ControlPlane {
     state: Arc<State>,
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    /// The plain-HTTP admin port, when [`ControlPlane::bind_admin`] made one.
+    admin: Option<ferry_telemetry::AdminServer>,
 }
 
 /// How long open requests may finish after shutdown begins.
@@ -81,7 +83,31 @@ impl ControlPlane {
             state,
             listener,
             acceptor: TlsAcceptor::from(Arc::new(tls)),
+            admin: None,
         })
+    }
+
+    /// Binds the admin port (plain HTTP: `/healthz`, `/readyz`, `/metrics`), kept apart
+    /// from the API listener; it is served with the API by [`ControlPlane::serve`].
+    /// Returns its address.
+    pub async fn bind_admin(&mut self, addr: SocketAddr) -> Result<SocketAddr, ServeError> {
+        let state = self.state.clone();
+        let stopping = self.state.stopping.clone();
+        let server = ferry_telemetry::AdminServer::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind { addr, source })?
+            .readiness(move || {
+                if stopping.is_cancelled() {
+                    ferry_telemetry::Readiness::NotReady("shutting down".into())
+                } else {
+                    ferry_telemetry::Readiness::Ready
+                }
+            })
+            .on_scrape(move || crate::metrics::refresh_relays(state.clone()));
+        crate::metrics::describe();
+        let bound = server.local_addr();
+        self.admin = Some(server);
+        Ok(bound)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -106,11 +132,17 @@ impl ControlPlane {
     }
 
     /// Serves until `cancel` fires, then drains open connections for a short grace.
-    pub async fn serve(self, cancel: CancellationToken) {
-        let router = crate::api::router(self.state.clone());
+    pub async fn serve(mut self, cancel: CancellationToken) {
+        let router = crate::api::router(self.state.clone())
+            .layer(axum::middleware::from_fn(crate::metrics::track));
         let mut connections = JoinSet::new();
         let mut background = JoinSet::new();
         background.spawn(maintenance(self.state.clone(), cancel.clone()));
+        // The admin port answers until the very end, so `/readyz` can say we stop.
+        let admin_stop = CancellationToken::new();
+        if let Some(admin) = self.admin.take() {
+            background.spawn(admin.serve(admin_stop.clone()));
+        }
         tracing::info!(addr = %self.local_addr(), "control plane API listening");
         loop {
             tokio::select! {
@@ -160,6 +192,7 @@ impl ControlPlane {
         })
         .await;
         connections.shutdown().await;
+        admin_stop.cancel();
         background.shutdown().await;
         tracing::info!("control plane stopped");
     }
@@ -178,7 +211,10 @@ async fn maintenance(state: Arc<State>, cancel: CancellationToken) {
         match state.store().prune_expired_tokens(before).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(tokens = n, "pruned expired tokens"),
-            Err(e) => tracing::warn!(error = %e, "pruning expired tokens failed"),
+            Err(e) => {
+                crate::metrics::store_error();
+                tracing::warn!(error = %e, "pruning expired tokens failed");
+            }
         }
         tokio::select! {
             _ = cancel.cancelled() => return,

@@ -416,17 +416,20 @@ impl State {
             })
             .collect();
         let mut records: Vec<ferry_proto::api::DirectoryRecord> = Vec::new();
-        for (workspace, relay, _standby) in self.store.directory_all().await? {
+        for (workspace, relay, standby) in self.store.directory_all().await? {
             // A relay that went silent (killed, cut off) no longer holds anyone.
             let Some(info) = relays.get(&relay) else {
                 continue;
             };
+            let owner = (!standby).then(|| relay.clone());
             match records.last_mut() {
+                // Owners sort first, so a later row of the same workspace is a standby.
                 Some(r) if r.workspace == workspace => r.relays.push(relay),
                 _ => records.push(ferry_proto::api::DirectoryRecord {
                     workspace,
                     region: info.region.clone(),
                     relays: vec![relay],
+                    owner,
                 }),
             }
         }

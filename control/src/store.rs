@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "relay https",
         include_str!("../migrations/0002_relay_https.sql"),
     ),
+    (
+        3,
+        "directory one owner",
+        include_str!("../migrations/0003_directory_one_owner.sql"),
+    ),
 ];
 
 fn migrator() -> Migrator {
@@ -525,7 +530,11 @@ impl Store {
         })
     }
 
-    /// An agent for `workspace` connected to `relay`.
+    /// An agent for `workspace` is connected to `relay`, as its standby or its owner.
+    /// Claiming ownership demotes the previous owner in the same transaction, so the
+    /// directory never shows two; claims racing on PostgreSQL (two control-plane
+    /// replicas, or concurrent requests) collide on the `directory_one_owner` index,
+    /// and the losers retry (the latest claim wins, as it would have in sequence).
     pub async fn set_directory(
         &self,
         workspace: &str,
@@ -533,11 +542,34 @@ impl Store {
         standby: bool,
         now: i64,
     ) -> Result<(), StoreError> {
-        with_pool!(self, pool => { sqlx::query(
-            "INSERT INTO directory (workspace, relay, standby, updated_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (workspace, relay) DO UPDATE SET standby = excluded.standby, updated_at = excluded.updated_at")
-            .bind(workspace).bind(relay).bind(i64::from(standby)).bind(now).execute(pool).await?; });
-        Ok(())
+        // Each collision means another claim committed, so a retry (after the same
+        // short wait for everyone) sees it; a pile of racing claims clears in turns.
+        const ATTEMPTS: u32 = 20;
+        for attempt in 1..=ATTEMPTS {
+            if attempt > 1 {
+                tokio::time::sleep(std::time::Duration::from_millis(u64::from(attempt))).await;
+            }
+            // In an async block, so that `?` ends the attempt, not the function.
+            let result: Result<(), sqlx::Error> = with_pool!(self, pool => async {
+                let mut tx = pool.begin().await?;
+                if !standby {
+                    sqlx::query("UPDATE directory SET standby = 1 WHERE workspace = $1 AND relay <> $2 AND standby = 0")
+                        .bind(workspace).bind(relay).execute(&mut *tx).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO directory (workspace, relay, standby, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (workspace, relay) DO UPDATE SET standby = excluded.standby, updated_at = excluded.updated_at")
+                    .bind(workspace).bind(relay).bind(i64::from(standby)).bind(now).execute(&mut *tx).await?;
+                tx.commit().await
+            }.await);
+            match result {
+                Err(sqlx::Error::Database(d)) if d.is_unique_violation() && attempt < ATTEMPTS => {
+                    continue
+                }
+                other => return other.map_err(StoreError::Db),
+            }
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// The agent left `relay`. Only the relay holding the entry may clear it: a late
@@ -549,11 +581,13 @@ impl Store {
     }
 
     /// Replaces every directory entry of `relay` with `workspaces` (a full snapshot
-    /// from the relay), in one transaction.
+    /// from the relay: those in `standby` as standby, the rest as owned), in one
+    /// transaction. An owner claim demotes another owner, as in [`Self::set_directory`].
     pub async fn replace_directory(
         &self,
         relay: &str,
         workspaces: &[String],
+        standby: &[String],
         now: i64,
     ) -> Result<(), StoreError> {
         with_pool!(self, pool => {
@@ -561,10 +595,15 @@ impl Store {
             sqlx::query("DELETE FROM directory WHERE relay = $1")
                 .bind(relay).execute(&mut *tx).await?;
             for workspace in workspaces {
+                let is_standby = standby.contains(workspace);
+                if !is_standby {
+                    sqlx::query("UPDATE directory SET standby = 1 WHERE workspace = $1 AND standby = 0")
+                        .bind(workspace).execute(&mut *tx).await?;
+                }
                 sqlx::query(
-                    "INSERT INTO directory (workspace, relay, updated_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (workspace, relay) DO UPDATE SET updated_at = excluded.updated_at")
-                    .bind(workspace).bind(relay).bind(now).execute(&mut *tx).await?;
+                    "INSERT INTO directory (workspace, relay, standby, updated_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (workspace, relay) DO UPDATE SET standby = excluded.standby, updated_at = excluded.updated_at")
+                    .bind(workspace).bind(relay).bind(i64::from(is_standby)).bind(now).execute(&mut *tx).await?;
             }
             tx.commit().await?;
         });

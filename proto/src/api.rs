@@ -135,6 +135,11 @@ pub struct DirectoryRecord {
     pub region: String,
     /// Relays with a connection from the agent; the owner (primary) first.
     pub relays: Vec<String>,
+    /// The relay that serves it as owner, if one does right now: the store allows at
+    /// most one, and for a moment while ownership moves there may be none (the
+    /// standby then serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// `GET /api/v1/directory` (relay or admin token): every connected workspace, so that
@@ -301,6 +306,10 @@ pub struct HeartbeatRequest {
     /// relay's directory entries with it, repairing updates lost meanwhile.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workspaces: Option<Vec<String>>,
+    /// Those of `workspaces` whose agent holds this relay as its standby; the rest are
+    /// owned here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub standby: Vec<String>,
     /// The `digest` of the keys and revocations the relay holds. With `wait_secs` the
     /// answer is held until they change or that long has passed (a long poll), so
     /// revocations reach relays at once with few requests.

@@ -1,6 +1,7 @@
 //! Connected agents, by workspace: the table every client stream is routed through.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use dashmap::DashMap;
 use ferry_proto::WorkspaceLabel;
@@ -11,6 +12,9 @@ pub struct AgentLink {
     pub conn: quinn::Connection,
     /// Tells this link apart from a newer one for the same workspace.
     pub id: u64,
+    /// This relay holds the agent as its standby, not as its owner: what it last told
+    /// the directory. Changes when the ring does (see [`AgentTable::reassess_roles`]).
+    pub standby: Arc<AtomicBool>,
 }
 
 /// The agents connected to this relay.
@@ -29,9 +33,11 @@ impl AgentTable {
         &self,
         label: WorkspaceLabel,
         conn: quinn::Connection,
+        standby: bool,
     ) -> (u64, Option<AgentLink>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let old = self.links.insert(label, AgentLink { conn, id });
+        let standby = Arc::new(AtomicBool::new(standby));
+        let old = self.links.insert(label, AgentLink { conn, id, standby });
         self.count.send_replace(self.links.len());
         (id, old)
     }
@@ -56,9 +62,43 @@ impl AgentTable {
         self.links.get(label).map(|l| l.clone())
     }
 
-    /// The workspaces with a connected agent (a snapshot for the control plane).
-    pub fn workspaces(&self) -> Vec<String> {
-        self.links.iter().map(|l| l.key().to_string()).collect()
+    /// The workspaces with a connected agent, and those of them held as standby (a
+    /// snapshot for the control plane).
+    pub fn workspaces(&self) -> (Vec<String>, Vec<String>) {
+        let mut all = Vec::with_capacity(self.links.len());
+        let mut standby = Vec::new();
+        for link in self.links.iter() {
+            all.push(link.key().to_string());
+            if link.standby.load(Ordering::Relaxed) {
+                standby.push(link.key().to_string());
+            }
+        }
+        (all, standby)
+    }
+
+    /// Sets every link's role from `is_standby` (the ring as it is now) and returns the
+    /// workspaces whose role changed, with the new role: a relay that became a
+    /// workspace's ring owner must claim it, and one that lost it must step down, even
+    /// though the agent's connection stays as it was.
+    pub fn reassess_roles(
+        &self,
+        is_standby: impl Fn(&WorkspaceLabel) -> Option<bool>,
+    ) -> Vec<(WorkspaceLabel, bool)> {
+        let mut changed = Vec::new();
+        for link in self.links.iter() {
+            let Some(standby) = is_standby(link.key()) else {
+                continue;
+            };
+            if link.standby.swap(standby, Ordering::Relaxed) != standby {
+                changed.push((link.key().clone(), standby));
+            }
+        }
+        changed
+    }
+
+    /// The smoothed RTT of every agent connection (for metrics).
+    pub fn rtts(&self) -> Vec<std::time::Duration> {
+        self.links.iter().map(|l| l.conn.rtt()).collect()
     }
 
     pub fn len(&self) -> usize {

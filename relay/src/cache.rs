@@ -233,9 +233,19 @@ pub(crate) async fn sync(
         if last_resync.elapsed() >= RESYNC_INTERVAL {
             resync = true;
         }
+        let snapshot = if resync {
+            shared.agents.workspaces()
+        } else {
+            Default::default()
+        };
         let request = HeartbeatRequest {
             agents: shared.agents.len() as u64,
-            workspaces: resync.then(|| shared.agents.workspaces()),
+            workspaces: resync.then(|| snapshot.0.clone()),
+            standby: if resync {
+                snapshot.1.clone()
+            } else {
+                Vec::new()
+            },
             known: known.clone(),
             wait_secs: if known.is_some() && !resync {
                 LONG_POLL_SECS

@@ -46,16 +46,54 @@ pub(crate) async fn accept_hello(
             Some((subject, send, recv))
         }
         Err(frame) => {
-            tracing::info!(remote = %conn.remote_address(), code = %frame.code, reason = %frame.message, "refused connection");
-            let code = frame.code;
-            let _ = write_frame(&mut send, &Reply::Error(frame)).await;
-            let _ = send.finish();
-            // The dialer closes once it has read the refusal; do not wait for ever.
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
-            conn.close(code.to_u16().into(), b"refused");
+            refuse_connection(shared, conn, send, frame).await;
             None
         }
     }
+}
+
+/// Answers the hello with a refusal, then closes the connection once the peer has
+/// read it (or after a few seconds).
+async fn refuse_connection(
+    shared: &Shared,
+    conn: &Connection,
+    mut send: SendStream,
+    frame: ErrorFrame,
+) {
+    tracing::info!(remote = %conn.remote_address(), code = %frame.code, reason = %frame.message, "refused connection");
+    shared
+        .metrics
+        .refused(crate::metrics::Scope::Connection, frame.code);
+    let code = frame.code;
+    let _ = write_frame(&mut send, &Reply::Error(frame)).await;
+    let _ = send.finish();
+    // The dialer closes once it has read the refusal; do not wait for ever.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    conn.close(code.to_u16().into(), b"refused");
+}
+
+/// Refuses a connection over the relay's connection limit: its hello is answered with
+/// `overloaded` (the client tries another relay; an agent backs off).
+pub(crate) async fn refuse_overloaded(shared: &Shared, conn: &Connection) {
+    let first = tokio::time::timeout(HEADER_TIMEOUT, async {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        let _ = read_frame::<Hello>(&mut recv).await;
+        Some(send)
+    })
+    .await;
+    let Ok(Some(send)) = first else {
+        conn.close(ErrorCode::Overloaded.to_u16().into(), b"overloaded");
+        return;
+    };
+    let frame = ErrorFrame::new(
+        ErrorCode::Overloaded,
+        format!(
+            "relay {} holds its limit of {} connections; try another relay",
+            shared.name,
+            shared.load.max_connections()
+        ),
+    );
+    refuse_connection(shared, conn, send, frame).await
 }
 
 /// An agent: register it, keep it until its connection ends; when the relay drains,
@@ -75,18 +113,14 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: Cancellati
     };
     let span = tracing::info_span!("agent", workspace = %label, remote = %conn.remote_address());
     async {
-        let (id, replaced) = shared.agents.insert(label.clone(), conn.clone());
+        // Agents connect only to relays of their home region, so ours is theirs.
+        shared.view.learn(label.as_str(), &shared.region);
+        let standby = crate::view::holds_as_standby(&shared, &label).unwrap_or(false);
+        let (id, replaced) = shared.agents.insert(label.clone(), conn.clone(), standby);
         if let Some(old) = replaced {
             tracing::warn!("a newer agent connection for this workspace replaces the old one");
             old.conn.close(ErrorCode::Draining.to_u16().into(), b"replaced by a newer connection");
         }
-        // Agents connect only to relays of their home region, so ours is theirs.
-        shared.view.learn(label.as_str(), &shared.region);
-        let standby = shared
-            .view
-            .map()
-            .placement(&shared.region, label.as_str())
-            .is_some_and(|p| p.owner.name != shared.name);
         shared.directory.report(label.as_str(), true, standby);
         tracing::info!(standby, "agent connected");
         let mut told = false;
@@ -109,7 +143,7 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: Cancellati
             }
         }
         if shared.agents.remove(&label, id) {
-            shared.directory.report(label.as_str(), false, standby);
+            shared.directory.report(label.as_str(), false, false);
         }
         tracing::info!(reason = ?conn.close_reason(), "agent disconnected");
     }

@@ -15,10 +15,12 @@ pub mod cache;
 mod clients;
 mod directory;
 mod drain;
+mod load;
 mod mesh;
+mod metrics;
 mod routing;
 mod server;
 mod view;
 mod web;
 
-pub use server::{Relay, RelayConfig, RelayError};
+pub use server::{Relay, RelayConfig, RelayError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS};

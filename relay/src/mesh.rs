@@ -125,6 +125,19 @@ impl Mesh {
         result
     }
 
+    /// The smoothed RTT of each live outgoing link, by peer name (for metrics). A link
+    /// being dialed right now is skipped.
+    pub fn rtts(&self) -> Vec<(String, Duration)> {
+        self.links
+            .iter()
+            .filter_map(|l| {
+                let conn = l.conn.try_lock().ok()?;
+                let c = conn.as_ref().filter(|c| c.close_reason().is_none())?;
+                Some((l.key().clone(), c.rtt()))
+            })
+            .collect()
+    }
+
     /// Number of live outgoing links (for tests and status).
     pub fn live_links(&self) -> usize {
         self.links

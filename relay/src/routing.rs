@@ -66,6 +66,14 @@ pub(crate) async fn refuse(mut send: SendStream, mut recv: RecvStream, frame: Er
     let _ = recv.stop(ferry_transport::splice::ABORTED);
 }
 
+/// [`refuse`], counted in the refusal metrics by its code.
+async fn refuse_counted(shared: &Shared, send: SendStream, recv: RecvStream, frame: ErrorFrame) {
+    shared
+        .metrics
+        .refused(crate::metrics::Scope::Stream, frame.code);
+    refuse(send, recv, frame).await
+}
+
 /// Reads a stream's header and routes it.
 pub(crate) async fn serve_stream(
     shared: Arc<Shared>,
@@ -79,13 +87,14 @@ pub(crate) async fn serve_stream(
             Ok(Ok(h)) => h,
             Ok(Err(e)) => {
                 let frame = ErrorFrame::new(ErrorCode::Protocol, format!("bad stream header: {e}"));
-                return refuse(send, recv, frame).await;
+                return refuse_counted(&shared, send, recv, frame).await;
             }
             Err(_) => {
                 let frame = ErrorFrame::new(ErrorCode::Protocol, "no stream header within 10s");
-                return refuse(send, recv, frame).await;
+                return refuse_counted(&shared, send, recv, frame).await;
             }
         };
+    let header_at = std::time::Instant::now();
     let workspace = header.workspace.clone();
     let from_peer = match &origin {
         Origin::Client { user } => {
@@ -95,29 +104,50 @@ pub(crate) async fn serve_stream(
                     ErrorCode::UnknownWorkspace,
                     format!("workspace `{workspace}` does not exist or is not yours"),
                 );
-                return refuse(send, recv, frame).await;
+                return refuse_counted(&shared, send, recv, frame).await;
             }
             if shared.drain.is_draining() {
                 let frame = ErrorFrame::new(
                     ErrorCode::Draining,
                     format!("relay {} is draining; retry on another relay", shared.name),
                 );
-                return refuse(send, recv, frame).await;
+                return refuse_counted(&shared, send, recv, frame).await;
             }
             None
         }
         Origin::Mesh { peer } => Some(peer.as_str()),
     };
+    let Some(_slot) = shared.load.try_stream() else {
+        let frame = ErrorFrame::new(
+            ErrorCode::Overloaded,
+            format!(
+                "relay {} is carrying its limit of {} streams; retry on another relay",
+                shared.name,
+                shared.load.max_streams()
+            ),
+        );
+        return refuse_counted(&shared, send, recv, frame).await;
+    };
+    let kind = crate::metrics::StreamKind::of(&header.target, from_peer.is_some());
+    let _active = shared.metrics.stream(kind);
     match open_upstream(&shared, &header, from_peer).await {
         Ok(upstream) => {
+            shared.metrics.stream_set_up(header_at.elapsed());
             let mut send = send;
             if write_frame(&mut send, &Reply::Ok).await.is_err() {
                 return;
             }
-            let stats = ferry_transport::splice::quic_with_quic((send, recv), upstream).await;
+            let (up, down) = (shared.metrics.bytes_up(), shared.metrics.bytes_down());
+            let stats = ferry_transport::splice::quic_with_quic_observed(
+                (send, recv),
+                upstream,
+                |n| up.increment(n),
+                |n| down.increment(n),
+            )
+            .await;
             tracing::debug!(%workspace, target = %header.target, hops = header.hops, up = stats.forward, down = stats.backward, "stream done");
         }
-        Err(frame) => refuse(send, recv, frame).await,
+        Err(frame) => refuse_counted(&shared, send, recv, frame).await,
     }
 }
 
@@ -238,7 +268,10 @@ async fn forward(
         .await
         .map_err(|e| Hop::Next(e.to_string()))?;
     match dial::open_stream(&conn, header, dial::mesh_reply_timeout(header.hops)).await {
-        Ok(streams) => Ok(streams),
+        Ok(streams) => {
+            shared.metrics.stream_forwarded();
+            Ok(streams)
+        }
         Err(StreamError::Refused(frame)) => match frame.code {
             ErrorCode::AgentNotConnected | ErrorCode::Draining | ErrorCode::Overloaded => {
                 Err(Hop::Next(frame.to_string()))

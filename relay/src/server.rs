@@ -20,6 +20,14 @@ use crate::drain::Drain;
 use crate::mesh::Mesh;
 use crate::view::View;
 
+/// Default for [`RelayConfig::max_streams`]: far above what one relay's CPU carries
+/// usefully, so that only a real overload (or a deliberate limit) refuses streams.
+pub const DEFAULT_MAX_STREAMS: usize = 100_000;
+
+/// Default for [`RelayConfig::max_connections`]: agents are idle most of the time,
+/// and one relay holds tens of thousands of them.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_000_000;
+
 /// How a relay runs.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -41,8 +49,14 @@ pub struct RelayConfig {
     /// Where the certificate, token keys and revocations are cached, so that the relay
     /// restarts and verifies tokens while the control plane is down. None: no cache.
     pub cache_dir: Option<PathBuf>,
-    /// Plain-HTTP admin port (`/healthz`, `/readyz`); none when unset.
+    /// Plain-HTTP admin port (`/healthz`, `/readyz`, `/metrics`); none when unset.
     pub admin_listen: Option<SocketAddr>,
+    /// Streams (from clients and other relays) carried at once; more are refused with
+    /// the retryable `overloaded`.
+    pub max_streams: usize,
+    /// Agent and client connections held at once (mesh links are not counted); more
+    /// are refused at their hello with `overloaded`.
+    pub max_connections: usize,
     /// How long open streams may run once draining starts.
     pub drain_grace: Duration,
     /// How often the region map and directory are refreshed and the heartbeat sent.
@@ -80,6 +94,8 @@ impl RelayConfig {
             go_away_jitter: Duration::from_millis(500),
             cache_dir: None,
             apps_domain: None,
+            max_streams: DEFAULT_MAX_STREAMS,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -131,6 +147,8 @@ pub(crate) struct Shared {
     pub mesh: Mesh,
     pub drain: Drain,
     pub go_away_jitter_ms: u32,
+    pub metrics: crate::metrics::RelayMetrics,
+    pub load: crate::load::Load,
 }
 
 impl Shared {
@@ -240,9 +258,10 @@ impl Relay {
         )?;
         let mesh_tls = ferry_certs::mesh_client_config(&cert, &cached.ca_pem, &[alpn::MESH])?;
         let mesh_config = ferry_transport::quic::client_config(mesh_tls, &Limits::mesh())?;
+        // Bound before the metric handles are made: binding installs the recorder.
         let admin = match config.admin_listen {
             Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
+                ferry_telemetry::AdminServer::bind(addr)
                     .await
                     .map_err(|source| RelayError::Admin { addr, source })?,
             ),
@@ -276,6 +295,12 @@ impl Relay {
             mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
             drain: Drain::default(),
             go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),
+            metrics: crate::metrics::RelayMetrics::new(
+                &config.name,
+                config.max_streams,
+                config.max_connections,
+            ),
+            load: crate::load::Load::new(config.max_streams, config.max_connections),
         });
         // Know the map before the first agent arrives, so its role is reported right.
         if let Err(e) = shared.view.refresh_map().await {
@@ -314,10 +339,10 @@ impl Relay {
             tokio_rustls::TlsAcceptor::from(Arc::new(https_tls)),
         ));
         let admin_addr = match admin {
-            Some(listener) => {
-                let addr = listener.local_addr().ok();
-                background.spawn(crate::admin::serve(shared.clone(), listener, stop.clone()));
-                addr
+            Some(server) => {
+                let addr = server.local_addr();
+                background.spawn(crate::admin::serve(shared.clone(), server, stop.clone()));
+                Some(addr)
             }
             None => None,
         };
@@ -373,9 +398,13 @@ impl Relay {
                     let stop = self.stop.clone();
                     connections.spawn(async move {
                         let remote = incoming.remote_address();
+                        let started = std::time::Instant::now();
                         match incoming.await {
-                            Ok(conn) => serve_connection(shared, conn, stop).await,
-                            Err(e) => tracing::debug!(%remote, error = %e, "handshake failed"),
+                            Ok(conn) => serve_connection(shared, conn, stop, started.elapsed()).await,
+                            Err(e) => {
+                                shared.metrics.handshake_failed();
+                                tracing::debug!(%remote, error = %e, "handshake failed");
+                            }
                         }
                     });
                 }
@@ -425,6 +454,7 @@ async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration
     signal.cancelled().await;
     let started = tokio::time::Instant::now();
     shared.drain.begin();
+    shared.metrics.set_draining(true);
     tracing::info!(
         open_streams = shared.drain.open_streams(),
         agents = shared.agents.len(),
@@ -460,11 +490,33 @@ async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration
 /// Streams any peer may open before its ALPN is known: the hello, and spare room.
 const HELLO_STREAMS: u32 = 4;
 
-async fn serve_connection(shared: Arc<Shared>, conn: quinn::Connection, cancel: CancellationToken) {
+async fn serve_connection(
+    shared: Arc<Shared>,
+    conn: quinn::Connection,
+    cancel: CancellationToken,
+    handshake: Duration,
+) {
     let protocol = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
+    let role = match protocol.as_deref() {
+        Some(p) if p == alpn::AGENT => Some(crate::metrics::Role::Agent),
+        Some(p) if p == alpn::CLIENT => Some(crate::metrics::Role::Client),
+        Some(p) if p == alpn::MESH => Some(crate::metrics::Role::Mesh),
+        _ => None,
+    };
+    let _open = role.map(|role| shared.metrics.connection(role, handshake));
+    // Agents and clients count against the connection limit; mesh links never do.
+    let _slot = match role {
+        Some(crate::metrics::Role::Agent | crate::metrics::Role::Client) => {
+            match shared.load.try_connection() {
+                Some(slot) => Some(slot),
+                None => return crate::clients::refuse_overloaded(&shared, &conn).await,
+            }
+        }
+        _ => None,
+    };
     if matches!(protocol.as_deref(), Some(p) if p == alpn::CLIENT || p == alpn::MESH) {
         conn.set_max_concurrent_bi_streams(shared.stream_allowance.into());
     }

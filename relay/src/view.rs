@@ -11,6 +11,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use ferry_proto::api::{DirectoryResponse, HeartbeatRequest, Region, RegionsResponse, RelayInfo};
+use ferry_proto::WorkspaceLabel;
 use ferry_ring::RegionMap;
 use ferry_transport::{ControlClient, ControlError};
 use tokio_util::sync::CancellationToken;
@@ -177,10 +178,22 @@ pub(crate) fn beat(shared: &Shared) -> HeartbeatRequest {
     HeartbeatRequest {
         agents: shared.agents.len() as u64,
         workspaces: None,
+        standby: Vec::new(),
         known: None,
         wait_secs: 0,
         draining: shared.drain.is_draining(),
     }
+}
+
+/// Whether this relay holds `workspace`'s agent as standby rather than owner, by the
+/// region map it has now; None when its region has no placement (no relay in service,
+/// e.g. while this one drains), when the role is left as it was.
+pub(crate) fn holds_as_standby(shared: &Shared, workspace: &WorkspaceLabel) -> Option<bool> {
+    shared
+        .view
+        .map()
+        .placement(&shared.region, workspace.as_str())
+        .map(|p| p.owner.name != shared.name)
 }
 
 /// Refreshes the view, beats the heartbeat and warms the mesh until `stop`.
@@ -206,6 +219,13 @@ pub(crate) async fn refresh_loop(shared: Arc<Shared>, every: Duration, stop: Can
         if let Err(e) = shared.view.refresh_directory().await {
             tracing::debug!(error = %e, "directory refresh failed; keeping the cached one");
         }
+        for (label, standby) in shared
+            .agents
+            .reassess_roles(|l| holds_as_standby(&shared, l))
+        {
+            tracing::info!(workspace = %label, standby, "the ring changed this relay's role for the workspace");
+            shared.directory.report(label.as_str(), true, standby);
+        }
         let peers = warm_peers(&shared.view.map(), &shared.name, &shared.region);
         let mut dials = tokio::task::JoinSet::new();
         for peer in peers {
@@ -217,6 +237,7 @@ pub(crate) async fn refresh_loop(shared: Arc<Shared>, every: Duration, stop: Can
             });
         }
         while dials.join_next().await.is_some() {}
+        crate::metrics::sample(&shared);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}

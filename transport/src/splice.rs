@@ -29,13 +29,25 @@ const CHUNK: usize = 64 * 1024;
 const FRAMES_PER_BATCH: usize = 32;
 
 /// Copies QUIC → QUIC without copying the bytes (frames are reference-counted).
-pub async fn quic_to_quic(mut from: RecvStream, mut to: SendStream) -> u64 {
+pub async fn quic_to_quic(from: RecvStream, to: SendStream) -> u64 {
+    quic_to_quic_observed(from, to, |_| {}).await
+}
+
+/// Like [`quic_to_quic`], telling `on_bytes` about each batch as it is read (for live
+/// byte counters: a long stream shows up while it runs, not only when it ends).
+pub async fn quic_to_quic_observed(
+    mut from: RecvStream,
+    mut to: SendStream,
+    mut on_bytes: impl FnMut(u64),
+) -> u64 {
     let mut total = 0u64;
     let mut batch: [Bytes; FRAMES_PER_BATCH] = Default::default();
     loop {
         match from.read_chunks(&mut batch).await {
             Ok(Some(n)) => {
-                total += batch[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+                let read = batch[..n].iter().map(|b| b.len() as u64).sum::<u64>();
+                total += read;
+                on_bytes(read);
                 if to.write_all_chunks(&mut batch[..n]).await.is_err() {
                     let _ = from.stop(ABORTED);
                     return total;
@@ -130,5 +142,22 @@ pub async fn quic_with_quic(
     let (b_send, b_recv) = b;
     let (forward, backward) =
         tokio::join!(quic_to_quic(a_recv, b_send), quic_to_quic(b_recv, a_send));
+    SpliceStats { forward, backward }
+}
+
+/// Like [`quic_with_quic`], reporting bytes as they pass: `on_forward` for a → b,
+/// `on_backward` for b → a.
+pub async fn quic_with_quic_observed(
+    a: (SendStream, RecvStream),
+    b: (SendStream, RecvStream),
+    on_forward: impl FnMut(u64),
+    on_backward: impl FnMut(u64),
+) -> SpliceStats {
+    let (a_send, a_recv) = a;
+    let (b_send, b_recv) = b;
+    let (forward, backward) = tokio::join!(
+        quic_to_quic_observed(a_recv, b_send, on_forward),
+        quic_to_quic_observed(b_recv, a_send, on_backward)
+    );
     SpliceStats { forward, backward }
 }

@@ -159,6 +159,8 @@ pub struct Network {
     pub control_url: String,
     pub ca_file: PathBuf,
     pub admin_token: String,
+    /// The control plane's plain-HTTP admin port (/healthz, /readyz, /metrics).
+    pub control_admin: SocketAddr,
     pub control: Child,
     pub relays: Vec<Relay>,
     pub agents: Vec<Child>,
@@ -172,6 +174,7 @@ impl Network {
             .as_str()
             .context("admin token file")?;
         Ok(Network {
+            control_admin: info["admin_addr"].as_str().context("admin")?.parse()?,
             control_url: info["url"].as_str().context("url")?.to_string(),
             ca_file: PathBuf::from(info["ca_file"].as_str().context("ca")?),
             admin_token: std::fs::read_to_string(admin_file)?.trim().to_string(),
@@ -194,6 +197,7 @@ impl Network {
         let (child, info) = spawn_control(&self.dir.0, &format!("127.0.0.1:{port}")).await?;
         anyhow::ensure!(info["url"] == self.control_url.as_str(), "moved: {info}");
         self.control = child;
+        self.control_admin = info["admin_addr"].as_str().context("admin")?.parse()?;
         self.admin_token = std::fs::read_to_string(self.dir.0.join("control/admin.token"))?
             .trim()
             .to_string();
@@ -413,6 +417,25 @@ impl Network {
         }
     }
 
+    /// Polls the directory until `owner` serves `workspace` as its owner. Relays claim
+    /// and yield ownership as soon as they see the ring change; the 10 s allowed here
+    /// stays under the slower repairs (snapshots every 30 s, agents reconnecting), so
+    /// that a relay that does not reassess its role fails the test.
+    pub async fn wait_for_owner(&self, workspace: &str, owner: &str) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let dir = self.directory().await.unwrap_or_default();
+            let record = dir.iter().find(|r| r.workspace == workspace);
+            if record.and_then(|r| r.owner.as_deref()) == Some(owner) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{workspace}'s owner is not {owner}: {record:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Runs `ferry tcp` through the named relay first (`--relay`).
     pub async fn ferry_tcp_via(
         &self,
@@ -448,6 +471,21 @@ impl Network {
         );
         self.agents.push(child);
         Ok(())
+    }
+
+    /// Like [`Network::start_agent`], waiting for the agent's admin port; returns it.
+    pub async fn start_agent_with_admin(
+        &mut self,
+        workspace: &str,
+        extra: &[&str],
+    ) -> Result<SocketAddr> {
+        let ready = self.dir.0.join(format!("agent-{workspace}.json"));
+        let _ = std::fs::remove_file(&ready);
+        let mut args: Vec<&str> = vec!["--ready-file", ready.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        self.start_agent(workspace, &args).await?;
+        let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
+        Ok(info["admin_addr"].as_str().context("admin")?.parse()?)
     }
 
     /// Polls the control plane until `workspace` has a connected agent.
@@ -668,4 +706,94 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> Result<u16> {
 pub fn random_bytes(len: usize) -> Vec<u8> {
     let mut rng = fastrand::Rng::new();
     (0..len).map(|_| rng.u8(..)).collect()
+}
+
+/// `GET path` on a plain-HTTP admin port; returns the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut resp = Vec::new();
+    tcp.read_to_end(&mut resp).await?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// One series of a scrape: its name, labels and value.
+pub type Series = (String, Vec<(String, String)>, f64);
+
+/// One Prometheus scrape, parsed.
+pub struct Scrape {
+    pub text: String,
+    pub series: Vec<Series>,
+}
+
+impl Scrape {
+    /// The sum of every series of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(n, have, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Whether any series of `name` with these labels exists.
+    pub fn has(&self, name: &str, labels: &[(&str, &str)]) -> bool {
+        self.series.iter().any(|(n, have, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| have.iter().any(|(hk, hv)| hk == k && hv == v))
+        })
+    }
+
+    /// The metric names in the scrape.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        ferry_telemetry::metric_names(&self.text)
+    }
+}
+
+/// Scrapes `/metrics` on an admin port.
+pub async fn scrape(addr: SocketAddr) -> Result<Scrape> {
+    let (status, text) = http_get(addr, "/metrics").await?;
+    anyhow::ensure!(status == 200, "GET /metrics on {addr}: {status}");
+    let series = ferry_telemetry::parse_text(&text)
+        .into_iter()
+        .map(|(series, value)| {
+            let (name, labels) = match series.split_once('{') {
+                Some((name, rest)) => {
+                    let inner = rest.strip_suffix('}').unwrap_or(rest);
+                    let labels = inner
+                        .split("\",")
+                        .filter(|p| !p.is_empty())
+                        .filter_map(|pair| {
+                            let (k, v) = pair.split_once('=')?;
+                            Some((k.to_string(), v.trim_matches('"').to_string()))
+                        })
+                        .collect();
+                    (name.to_string(), labels)
+                }
+                None => (series, Vec::new()),
+            };
+            (name, labels, value)
+        })
+        .collect();
+    Ok(Scrape { text, series })
 }

@@ -142,6 +142,9 @@ impl From<StateError> for ApiError {
             return ApiError::new(StatusCode::CONFLICT, "conflict", what.to_string());
         }
         // Our side failed (most likely the database): log it, tell the client little.
+        if matches!(e, StateError::Store(_)) {
+            crate::metrics::store_error();
+        }
         tracing::error!(error = %e, "request failed");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,

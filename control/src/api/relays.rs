@@ -161,6 +161,7 @@ pub(crate) async fn heartbeat(
 ) -> ApiResult<HeartbeatResponse> {
     let claims = authorize(&state, &headers, &[TokenKind::Relay]).await?;
     let req = body(req)?;
+    crate::metrics::heartbeat();
     if !state
         .store()
         .heartbeat(&claims.sub, now(), req.draining)
@@ -178,7 +179,7 @@ pub(crate) async fn heartbeat(
         }
         state
             .store()
-            .replace_directory(&claims.sub, &workspaces, now())
+            .replace_directory(&claims.sub, &workspaces, &req.standby, now())
             .await?;
         tracing::debug!(relay = %claims.sub, agents = workspaces.len(), "directory resynchronised");
     }

@@ -225,7 +225,7 @@ async fn keys_relays_and_directory() {
         store.set_directory("a--x", "eu-1", false, 5).await.unwrap();
         store.set_directory("b--x", "eu-2", false, 5).await.unwrap();
         store
-            .replace_directory("eu-1", &["c--x".into(), "b--x".into()], 6)
+            .replace_directory("eu-1", &["c--x".into(), "b--x".into()], &[], 6)
             .await
             .unwrap();
         assert!(store.directory("a--x").await.unwrap().is_empty(), "{b}");
@@ -236,8 +236,43 @@ async fn keys_relays_and_directory() {
         );
         assert_eq!(store.directory("c--x").await.unwrap(), ["eu-1"], "{b}");
         assert_eq!(store.directory_all().await.unwrap().len(), 3, "{b}");
-        store.replace_directory("eu-1", &[], 7).await.unwrap();
+        // A claim of ownership demotes the owner before it: never two owners.
+        store.set_directory("b--x", "eu-2", false, 7).await.unwrap();
+        assert_eq!(
+            store.directory("b--x").await.unwrap(),
+            ["eu-2", "eu-1"],
+            "{b}"
+        );
+        store.replace_directory("eu-1", &[], &[], 7).await.unwrap();
         assert!(store.directory("c--x").await.unwrap().is_empty());
+
+        // Claims racing from many relays (as from two control-plane replicas): one
+        // owner at the end, every relay listed.
+        let mut claims = tokio::task::JoinSet::new();
+        for i in 0..8 {
+            let store = store.clone();
+            claims.spawn(async move {
+                store
+                    .set_directory("r--x", &format!("r-{i}"), false, 8)
+                    .await
+            });
+        }
+        while let Some(claim) = claims.join_next().await {
+            claim.unwrap().unwrap();
+        }
+        let rows: Vec<_> = store
+            .directory_all()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(w, _, _)| w == "r--x")
+            .collect();
+        assert_eq!(rows.len(), 8, "{b}");
+        assert_eq!(
+            rows.iter().filter(|(_, _, standby)| !standby).count(),
+            1,
+            "{b}: {rows:?}"
+        );
         store.close().await;
     }
 }
