@@ -135,7 +135,10 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
             )
         })
         .sum();
-    assert_eq!(through, 5.0, "one stream per relay, then one more");
+    assert_eq!(
+        through, 6.0,
+        "one stream per relay, then one more, then the web app's request"
+    );
     assert!(metrics.has("ferry_agent_relay_connections", &[]));
     assert!(metrics.has("ferry_control_http_requests_total", &[]));
 

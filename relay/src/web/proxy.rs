@@ -139,7 +139,7 @@ pub(crate) async fn forward(
 
     let guard = shared.drain.stream();
     let header = StreamHeader::new(workspace.clone(), Target::Port(port));
-    let (send, recv) = match crate::routing::open_for_web(shared, &header).await {
+    let (send, recv, stream_guard) = match crate::routing::open_for_web(shared, &header).await {
         Ok(streams) => streams,
         Err(frame) => {
             tracing::debug!(%workspace, port, code = %frame.code, reason = %frame.message, "app unreachable");
@@ -164,7 +164,7 @@ pub(crate) async fn forward(
     // also keeps the relay's drain waiting for it.
     let stop = web.stop.clone();
     web.tasks.spawn(async move {
-        let _open = guard;
+        let _open = (guard, stream_guard);
         tokio::select! {
             _ = stop.cancelled() => {}
             result = conn.with_upgrades() => {

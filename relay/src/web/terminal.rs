@@ -156,15 +156,16 @@ async fn bridge(
     header: &StreamHeader,
     mut ws: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>,
 ) {
-    let (mut send, mut recv) = match crate::routing::open_for_web(shared, header).await {
-        Ok(streams) => streams,
-        Err(frame) => {
-            let message = serde_json::json!({ "error": frame.message }).to_string();
-            let _ = ws.send(Message::Text(message)).await;
-            let _ = ws.close(None).await;
-            return;
-        }
-    };
+    let (mut send, mut recv, _stream_guard) =
+        match crate::routing::open_for_web(shared, header).await {
+            Ok(streams) => streams,
+            Err(frame) => {
+                let message = serde_json::json!({ "error": frame.message }).to_string();
+                let _ = ws.send(Message::Text(message)).await;
+                let _ = ws.close(None).await;
+                return;
+            }
+        };
     let (mut ws_tx, mut ws_rx) = ws.split();
     let input = async {
         let mut out = BytesMut::new();
