@@ -333,4 +333,38 @@ mod tests {
             .is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn a_wildcard_name_covers_one_label_of_app_hosts() {
+        let ca = Ca::create().unwrap();
+        let leaf = ca
+            .issue(
+                &["127.0.0.1".into(), "*.apps.eu.localhost".into()],
+                Usage::ServerAndClient,
+            )
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(parse_certs(ca.cert_pem()).unwrap().remove(0))
+            .unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let chain = parse_certs(&leaf.cert_pem).unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        let check = |name: &str| {
+            let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+            verifier
+                .verify_server_cert(&chain[0], &[], &server_name, &[], now)
+                .is_ok()
+        };
+        assert!(check("8080--demo--dev.apps.eu.localhost"));
+        assert!(check("terminal--demo--dev.apps.eu.localhost"));
+        assert!(!check("apps.eu.localhost"));
+        assert!(!check("a.8080--demo--dev.apps.eu.localhost"));
+        assert!(!check("8080--demo--dev.apps.us.localhost"));
+    }
 }

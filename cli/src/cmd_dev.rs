@@ -21,6 +21,8 @@ use crate::demo;
 /// The built-in user of a dev network.
 const DEV_USER: &str = "dev";
 const DEMO_WORKSPACE: &str = "demo";
+/// The dev user's password, in the data directory.
+const DEV_PASSWORD_FILE: &str = "dev.password";
 
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
@@ -54,10 +56,21 @@ pub struct DevArgs {
 async fn dev_user_and_workspace(
     plane: &ControlPlane,
     workspace: &ferry_proto::WorkspaceLabel,
+    data_dir: &std::path::Path,
 ) -> Result<()> {
     let store = plane.state().store();
     let now = i64::try_from(ferry_transport::unix_now()).unwrap_or(i64::MAX);
     store.ensure_user(DEV_USER, now).await?;
+    // A password for signing in from a browser (web apps, the web terminal), made once.
+    let password_file = data_dir.join(DEV_PASSWORD_FILE);
+    if !password_file.exists() {
+        let password: String = (0..16).map(|_| fastrand::alphanumeric()).collect();
+        let hash = ferry_control::hash_password(password.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("hashing the dev password: {e:?}"))?;
+        store.set_password(DEV_USER, &hash).await?;
+        write_secret(&password_file, &password)?;
+    }
     if store.workspace(workspace.as_str()).await?.is_none() {
         store
             .create_workspace(&ferry_control::store::WorkspaceRow {
@@ -101,7 +114,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     let ca_pem = plane.state().ca().cert_pem().to_string();
     let ca_file = ferry_certs::Ca::cert_path(&data_dir);
     let workspace = ferry_proto::WorkspaceLabel::new(DEMO_WORKSPACE, DEV_USER)?;
-    dev_user_and_workspace(&plane, &workspace).await?;
+    dev_user_and_workspace(&plane, &workspace, &data_dir).await?;
     // The CLI is logged in as the built-in user, like after `ferry login dev`.
     let user_token = plane
         .mint(TokenKind::User, DEV_USER, "ferry dev login", 30 * 24 * 3600)
@@ -147,6 +160,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         // The dashboard's heat map fills within seconds.
         config.report_every = Duration::from_secs(3);
         config.cache_dir = Some(data_dir.join("relay-cache"));
+        // Browsers resolve every *.localhost name to loopback: no DNS set-up needed.
+        config.apps_domain = Some(format!("apps.{region}.localhost"));
         config.admin_listen = Some(loopback_any);
         let relay = Relay::start(config, cancel.clone())
             .await
@@ -155,6 +170,7 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
             "name": name,
             "region": region,
             "addr": relay.local_addr().to_string(),
+            "apps_domain": format!("apps.{region}.localhost"),
             "admin_addr": relay.admin_addr().map(|a| a.to_string()),
         }));
         tasks.spawn(relay.run());
@@ -240,6 +256,26 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     println!("  workspace      {workspace}  (agent on relay {agent_relay})");
     println!("    echo service 127.0.0.1:{echo_port}");
     println!("    http app     127.0.0.1:{http_port}");
+    // Any relay of the agent's region serves its apps; show the first one's.
+    let web_port = relays
+        .first()
+        .and_then(|r| r["addr"].as_str())
+        .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    let apps_domain = format!(
+        "apps.{}.localhost",
+        args.regions.first().map(String::as_str).unwrap_or("eu")
+    );
+    let app_url = format!("https://{http_port}--{workspace}.{apps_domain}:{web_port}/");
+    let terminal_url = format!("https://terminal--{workspace}.{apps_domain}:{web_port}/");
+    println!("    app URL      {app_url}");
+    println!("    terminal URL {terminal_url}");
+    println!(
+        "                 (browser sign-in: `{DEV_USER}`, password in {}; trust the CA {})",
+        data_dir.join(DEV_PASSWORD_FILE).display(),
+        ca_file.display()
+    );
     println!(
         "  metrics        http://{control_admin}/metrics (control plane), http://{agent_admin_addr}/metrics (agent)"
     );
@@ -268,6 +304,8 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
                 "workspace": workspace.to_string(),
                 "echo_port": echo_port,
                 "http_port": http_port,
+                "app_url": app_url,
+                "terminal_url": terminal_url,
                 "relays": relays,
                 "control_admin_addr": control_admin.to_string(),
                 "agent_admin_addr": agent_admin_addr.to_string(),

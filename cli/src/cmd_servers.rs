@@ -144,6 +144,11 @@ pub struct RelayArgs {
     /// while the control plane is down [default: ~/.local/share/ferry/relay]
     #[arg(long, env = "FERRY_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
+    /// Serve web apps and the web terminal as PORT--NAME--OWNER.DOMAIN and
+    /// terminal--NAME--OWNER.DOMAIN (e.g. apps.eu.example.com, with a wildcard DNS record
+    /// pointing at the relays of the region)
+    #[arg(long, env = "FERRY_APPS_DOMAIN")]
+    pub apps_domain: Option<String>,
     /// Plain-HTTP admin address (/healthz, /readyz, /metrics); port 0 picks a free port
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
@@ -179,6 +184,10 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
     config.advertise = args.advertise;
     config.names = args.cert_names.clone();
     config.admin_listen = Some(args.admin_listen);
+    config.apps_domain = args
+        .apps_domain
+        .as_ref()
+        .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
     if args.max_streams == 0 {
         bail!("--max-streams must be at least 1");
     }

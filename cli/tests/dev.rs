@@ -86,6 +86,37 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
     );
     assert_eq!(out.stdout, b"through ferry dev");
 
+    // The demo's HTTP app in a browser: the app address it printed, signed in as `dev`
+    // with the password it wrote, through the app-auth redirects.
+    let app_url = info["app_url"].as_str().unwrap();
+    let control_url = info["control_url"].as_str().unwrap();
+    let ca = std::fs::read_to_string(info["ca_file"].as_str().unwrap())?;
+    let password = std::fs::read_to_string(dir.0.join("data/dev.password"))?;
+    let login: ferry_proto::api::NewTokenResponse =
+        ferry_transport::ControlClient::new(control_url, &ca)?
+            .post(
+                "/api/v1/login",
+                None,
+                &ferry_proto::api::LoginRequest {
+                    user: "dev".into(),
+                    password: password.trim().into(),
+                },
+            )
+            .await?;
+    let browser = web::WebClient::new(&ca, &[b"h2", b"http/1.1"]);
+    browser.sign_in(control_url, &login.token).await?;
+    let pages = browser.get_following(app_url).await?;
+    let last = pages.last().unwrap();
+    assert_eq!(last.status, 200, "{last:?}");
+    assert!(
+        last.text().starts_with("hello from workspace demo--dev"),
+        "{}",
+        last.text()
+    );
+    assert!(info["terminal_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://terminal--demo--dev.apps.eu.localhost:"));
     // Every part has an admin port; one process, so each serves the whole network's
     // metrics, relays told apart by their label.
     let relay_admin: std::net::SocketAddr =
@@ -104,7 +135,10 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
             )
         })
         .sum();
-    assert_eq!(through, 5.0, "one stream per relay, then one more");
+    assert_eq!(
+        through, 6.0,
+        "one stream per relay, then one more, then the web app's request"
+    );
     assert!(metrics.has("ferry_agent_relay_connections", &[]));
     assert!(metrics.has("ferry_control_http_requests_total", &[]));
 

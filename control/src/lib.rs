@@ -18,7 +18,7 @@ pub mod store;
 #[doc(hidden)]
 pub mod testing;
 
-pub use api::{router, MAX_BODY, OPENAPI, ROUTES};
+pub use api::{hash_password, router, MAX_BODY, OPENAPI, ROUTES};
 pub use server::{ControlConfig, ControlPlane, ServeError};
 pub use state::{
     health, State, StateError, VerifyError, HEALTHY_SECS, SQLITE_FILE, UNREACHABLE_SECS,

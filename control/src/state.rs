@@ -115,7 +115,7 @@ fn relay_info(row: &RelayRow, now: i64) -> RelayInfo {
             health(row.last_heartbeat, now)
         }),
         incarnation: u64::try_from(row.incarnation).unwrap_or(0),
-        https_url: None,
+        https_url: (!row.https_url.is_empty()).then(|| row.https_url.clone()),
     }
 }
 
@@ -263,6 +263,40 @@ impl State {
         Ok((token, claims))
     }
 
+    /// Mints an app token for `host` (a web app's host name, its audience) from the
+    /// session `session`; its id ties it to that session, so revoking the session ends
+    /// it too (see [`ferry_proto::app_host::app_revocation_ids`]).
+    pub async fn mint_app(
+        &self,
+        session: &Claims,
+        host: &str,
+        ttl_secs: u64,
+    ) -> Result<(String, Claims), StateError> {
+        let ring = self.reload_keys().await?;
+        let mut claims = token::new_claims(
+            TokenKind::App,
+            &session.sub,
+            host,
+            ferry_transport::unix_now(),
+            ttl_secs.min(MAX_TTL_SECS),
+        );
+        claims.jti = ferry_proto::app_host::app_token_id(&session.jti, &claims.jti);
+        let token = ring.signer().sign(&claims);
+        self.store
+            .record_token(&TokenRow {
+                jti: claims.jti.clone(),
+                kind: TokenKind::App.to_string(),
+                subject: session.sub.clone(),
+                name: format!("app {}", host.chars().take(100).collect::<String>()),
+                kid: ring.signer().kid().to_string(),
+                created_at: i64::try_from(claims.iat).unwrap_or(i64::MAX),
+                expires_at: i64::try_from(claims.exp).unwrap_or(i64::MAX),
+                revoked_at: None,
+            })
+            .await?;
+        Ok((token, claims))
+    }
+
     /// Verifies a bearer token for the API: signature, expiry, kind, revocation.
     pub async fn verify(&self, token: &str, kind: TokenKind) -> Result<Claims, VerifyError> {
         let expect = token::Expect {
@@ -296,6 +330,7 @@ impl State {
         &self,
         info: RelayInfo,
         names: &[String],
+        apps_domain: Option<&str>,
     ) -> Result<IssuedCert, StateError> {
         let cert = self.ca.issue(names, Usage::ServerAndClient)?;
         let now = now();
@@ -314,6 +349,8 @@ impl State {
                     .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
                     .unwrap_or(0),
                 draining: false,
+                https_url: info.https_url.clone().unwrap_or_default(),
+                apps_domain: apps_domain.unwrap_or_default().to_string(),
             })
             .await?;
         tracing::info!(relay = %info.name, region = %info.region, addr = %info.quic_addr, "relay registered");

@@ -38,6 +38,11 @@ pub enum StoreError {
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../migrations/0001_init.sql")),
     (
+        2,
+        "relay https",
+        include_str!("../migrations/0002_relay_https.sql"),
+    ),
+    (
         3,
         "directory one owner",
         include_str!("../migrations/0003_directory_one_owner.sql"),
@@ -139,6 +144,10 @@ pub struct RelayRow {
     pub last_heartbeat: i64,
     pub incarnation: i64,
     pub draining: bool,
+    /// Its HTTPS origin for browsers; empty when it serves none.
+    pub https_url: String,
+    /// The domain its web apps live under; empty when it serves none.
+    pub apps_domain: String,
 }
 
 /// The store: a pool on one of the two backends.
@@ -157,7 +166,7 @@ fn conflict(what: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
 
 const TOKEN_COLUMNS: &str = "jti, kind, subject, name, kid, created_at, expires_at, revoked_at";
 const RELAY_COLUMNS: &str =
-    "name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining";
+    "name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining, https_url, apps_domain";
 
 macro_rules! token_row {
     ($r:expr) => {
@@ -185,6 +194,8 @@ macro_rules! relay_row {
             last_heartbeat: $r.try_get("last_heartbeat")?,
             incarnation: $r.try_get("incarnation")?,
             draining: $r.try_get::<i64, _>("draining")? != 0,
+            https_url: $r.try_get("https_url")?,
+            apps_domain: $r.try_get("apps_domain")?,
         }
     };
 }
@@ -481,13 +492,14 @@ impl Store {
     /// Records a relay (enrollment); a re-enrolling relay keeps its name.
     pub async fn upsert_relay(&self, r: &RelayRow) -> Result<(), StoreError> {
         with_pool!(self, pool => { sqlx::query(
-            "INSERT INTO relays (name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0) \
+            "INSERT INTO relays (name, region, quic_addr, server_name, registered_at, last_heartbeat, incarnation, draining, https_url, apps_domain) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9) \
              ON CONFLICT (name) DO UPDATE SET region = excluded.region, quic_addr = excluded.quic_addr, \
              server_name = excluded.server_name, registered_at = excluded.registered_at, last_heartbeat = excluded.last_heartbeat, \
-             incarnation = excluded.incarnation, draining = 0")
+             incarnation = excluded.incarnation, draining = 0, https_url = excluded.https_url, apps_domain = excluded.apps_domain")
             .bind(&r.name).bind(&r.region).bind(&r.quic_addr).bind(&r.server_name)
             .bind(r.registered_at).bind(r.last_heartbeat).bind(r.incarnation)
+            .bind(&r.https_url).bind(&r.apps_domain)
             .execute(pool).await?; });
         Ok(())
     }

@@ -476,6 +476,8 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         region: "eu".into(),
         quic_addr: "127.0.0.1:4433".into(),
         names: vec!["127.0.0.1".into()],
+        https_url: None,
+        apps_domain: None,
     };
     let r = p
         .client
@@ -911,6 +913,8 @@ async fn shutdown_does_not_wait_for_held_heartbeats() {
                 region: "eu".into(),
                 quic_addr: "127.0.0.1:4433".into(),
                 names: vec!["127.0.0.1".into()],
+                https_url: None,
+                apps_domain: None,
             },
         )
         .await

@@ -12,6 +12,8 @@ async fn enroll(p: &Plane, name: &str, region: &str) -> String {
         region: region.into(),
         quic_addr: "127.0.0.1:9".into(),
         names: vec!["127.0.0.1".into()],
+        https_url: None,
+        apps_domain: None,
     };
     let _: RegisterRelayResponse = p
         .client

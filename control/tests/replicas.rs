@@ -88,6 +88,8 @@ async fn two_replicas_on_one_postgres_serve_the_same_api() {
                 region: "eu".into(),
                 quic_addr: "127.0.0.1:4433".into(),
                 names: vec!["127.0.0.1".into()],
+                https_url: None,
+                apps_domain: None,
             },
         )
         .await

@@ -80,8 +80,16 @@ pub struct RegionsResponse {
 pub struct RegisterRelayRequest {
     pub region: String,
     pub quic_addr: String,
-    /// DNS names and IP addresses the certificate must cover.
+    /// DNS names and IP addresses the certificate must cover (a web-app relay adds
+    /// `*.APPS_DOMAIN`).
     pub names: Vec<String>,
+    /// Its HTTPS origin for browsers (see [`RelayInfo::https_url`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
+    /// The domain its web apps live under (`PORT--NAME--OWNER.APPS_DOMAIN`), e.g.
+    /// `apps.eu.example.com`; absent when the relay serves no web apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apps_domain: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -13,6 +13,7 @@
 
 pub mod alpn;
 pub mod api;
+pub mod app_host;
 pub mod codec;
 pub mod error_code;
 pub mod frame;

@@ -4,6 +4,8 @@
 //! [`Relay::start`] registers with the control plane (getting its certificate and the
 //! token keys), binds the endpoint and starts its background tasks; [`Relay::run`]
 //! accepts connections until the cancellation token fires, then closes the endpoint.
+//! Browsers reach web apps and the web terminal over HTTPS on the TCP port with the
+//! same number (see [`web`]).
 //! Every connection and stream is a task in a `JoinSet` owned by its parent, so
 //! nothing outlives the relay.
 
@@ -20,5 +22,6 @@ mod report;
 mod routing;
 mod server;
 mod view;
+mod web;
 
 pub use server::{Relay, RelayConfig, RelayError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS};

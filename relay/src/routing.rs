@@ -162,6 +162,52 @@ pub(crate) async fn serve_stream(
     }
 }
 
+/// What a stream of the relay's own web proxy holds while it is open: its place under
+/// `--max-streams` and its count in the metrics.
+pub(crate) struct WebStreamGuard {
+    _slot: crate::load::LoadSlot,
+    _active: crate::metrics::StreamGuard,
+}
+
+/// Opens a stream to a workspace's agent for the relay's own web proxy (the browser's
+/// user was checked by the app cookie): the same routing, limit and metrics as a
+/// client's stream. Keep the guard as long as the stream.
+pub(crate) async fn open_for_web(
+    shared: &Shared,
+    header: &StreamHeader,
+) -> Result<(SendStream, RecvStream, WebStreamGuard), ErrorFrame> {
+    let refused = |frame: ErrorFrame| {
+        shared
+            .metrics
+            .refused(crate::metrics::Scope::Stream, frame.code);
+        frame
+    };
+    let Some(slot) = shared.load.try_stream() else {
+        return Err(refused(ErrorFrame::new(
+            ErrorCode::Overloaded,
+            format!(
+                "relay {} is carrying its limit of {} streams",
+                shared.name,
+                shared.load.max_streams()
+            ),
+        )));
+    };
+    let active = shared
+        .metrics
+        .stream(crate::metrics::StreamKind::of(&header.target, false));
+    let started = std::time::Instant::now();
+    let (send, recv) = open_upstream(shared, header, None).await.map_err(refused)?;
+    shared.metrics.stream_set_up(started.elapsed());
+    Ok((
+        send,
+        recv,
+        WebStreamGuard {
+            _slot: slot,
+            _active: active,
+        },
+    ))
+}
+
 /// Opens the stream towards the agent: locally, or through the mesh.
 async fn open_upstream(
     shared: &Shared,

@@ -65,6 +65,10 @@ pub struct RelayConfig {
     pub go_away_jitter: Duration,
     /// How often mesh and agent round-trip times are reported to the control plane.
     pub report_every: Duration,
+    /// Serve web apps and the web terminal under this domain (`PORT--NAME--OWNER.`
+    /// `APPS_DOMAIN`); the certificate then also covers `*.APPS_DOMAIN`. HTTPS runs on
+    /// the TCP port numbered like `listen` either way (for `/.ferry/ping`).
+    pub apps_domain: Option<String>,
 }
 
 impl RelayConfig {
@@ -92,6 +96,7 @@ impl RelayConfig {
             go_away_jitter: Duration::from_millis(500),
             report_every: crate::report::REPORT_EVERY,
             cache_dir: None,
+            apps_domain: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
@@ -114,6 +119,12 @@ pub enum RelayError {
     Cert(#[from] ferry_certs::CertError),
     #[error(transparent)]
     Endpoint(#[from] ferry_transport::quic::EndpointError),
+    #[error("binding the HTTPS port {addr} (TCP, the QUIC port's number): {source}")]
+    Https {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("binding the admin port {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -174,12 +185,22 @@ impl Relay {
     /// Binds the UDP socket, registers with the control plane, and builds the endpoint.
     /// When `drain` fires, [`Relay::run`] drains and returns.
     pub async fn start(config: RelayConfig, drain: CancellationToken) -> Result<Relay, RelayError> {
-        let socket = ferry_transport::quic::udp_socket(config.listen)?;
+        let (socket, https_listener) = bind_ports(config.listen).await?;
         let bound = socket.local_addr().map_err(|source| RelayError::Bind {
             addr: config.listen,
             source,
         })?;
         let advertise = config.advertise.unwrap_or(bound);
+        let mut cert_names = config.names.clone();
+        if let Some(domain) = &config.apps_domain {
+            cert_names.push(format!("*.{domain}"));
+        }
+        let https_host = match config.names.first() {
+            Some(name) if name.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{name}]"),
+            Some(name) => name.clone(),
+            None => advertise.ip().to_string(),
+        };
+        let https_url = format!("https://{https_host}:{}", advertise.port());
         let control = ControlClient::new(&config.control_url, &config.ca_pem)?;
         let cache_path = config
             .cache_dir
@@ -188,7 +209,9 @@ impl Relay {
         let enrollment = RegisterRelayRequest {
             region: config.region.clone(),
             quic_addr: advertise.to_string(),
-            names: config.names.clone(),
+            names: cert_names,
+            https_url: Some(https_url.clone()),
+            apps_domain: config.apps_domain.clone(),
         };
         let registered: Result<RegisterRelayResponse, ControlError> = control
             .post("/api/v1/relays/register", Some(&config.token), &enrollment)
@@ -310,6 +333,22 @@ impl Relay {
             config.refresh,
             stop.clone(),
         ));
+        let web = Arc::new(crate::web::Web {
+            cookie_name: ferry_proto::app_host::app_cookie_name(
+                config.apps_domain.as_deref().unwrap_or_default(),
+            ),
+            apps_domain: config.apps_domain.clone(),
+            control_url: config.control_url.clone(),
+            tasks: tokio_util::task::TaskTracker::new(),
+            stop: stop.clone(),
+        });
+        let https_tls = ferry_certs::server_config(&cert, &[b"h2", b"http/1.1"])?;
+        background.spawn(crate::web::serve(
+            shared.clone(),
+            web,
+            https_listener,
+            tokio_rustls::TlsAcceptor::from(Arc::new(https_tls)),
+        ));
         let admin_addr = match admin {
             Some(server) => {
                 let addr = server.local_addr();
@@ -318,7 +357,7 @@ impl Relay {
             }
             None => None,
         };
-        tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, admin = ?admin_addr, "relay listening");
+        tracing::info!(relay = %config.name, region = %config.region, addr = %advertise, https = %https_url, apps = ?config.apps_domain, admin = ?admin_addr, "relay listening");
         Ok(Relay {
             endpoint,
             shared,
@@ -392,6 +431,32 @@ impl Relay {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.background.shutdown().await;
         tracing::info!(relay = %self.shared.name, "relay stopped");
+    }
+}
+
+/// Binds the QUIC (UDP) socket and the HTTPS (TCP) listener on the same port number.
+/// With port 0 the UDP port is picked first; if its TCP twin is taken, both are tried
+/// again on a fresh port.
+async fn bind_ports(
+    listen: SocketAddr,
+) -> Result<(std::net::UdpSocket, tokio::net::TcpListener), RelayError> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let socket = ferry_transport::quic::udp_socket(listen)?;
+        let port = socket
+            .local_addr()
+            .map_err(|source| RelayError::Bind {
+                addr: listen,
+                source,
+            })?
+            .port();
+        let addr = SocketAddr::new(listen.ip(), port);
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(tcp) => return Ok((socket, tcp)),
+            Err(_) if listen.port() == 0 && attempts < 20 => continue,
+            Err(source) => return Err(RelayError::Https { addr, source }),
+        }
     }
 }
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod web;
+pub mod web_app;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -7,10 +7,16 @@
 
 mod measurements;
 mod agents;
+pub mod app_auth;
 mod relays;
 pub mod session;
 mod users;
 mod workspaces;
+
+/// Hashes a password as the store keeps it (argon2id), for tools that set one.
+pub async fn hash_password(password: String) -> Result<String, ApiError> {
+    users::hash_password(password).await
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/dashboard/app.js"),
     ("get", "/dashboard/app.css"),
     ("get", "/healthz"),
+    ("get", "/app-auth"),
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/keys"),
     ("post", "/api/v1/keys/rotate"),
@@ -243,6 +250,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/dashboard/app.js", get(crate::dashboard::script))
         .route("/dashboard/app.css", get(crate::dashboard::style))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/app-auth", get(app_auth::app_auth))
         .route(
             "/api/v1/openapi.json",
             get(|| async {

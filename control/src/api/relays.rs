@@ -107,6 +107,28 @@ pub(crate) async fn register_relay(
             req.quic_addr
         )));
     }
+    if let Some(url) = &req.https_url {
+        let authority = url.strip_prefix("https://").unwrap_or_default();
+        if ferry_proto::app_host::split_authority(authority).is_none() {
+            return Err(ApiError::bad_request(format!(
+                "https_url `{}` is not https://HOST[:PORT]",
+                url.chars().take(100).collect::<String>()
+            )));
+        }
+    }
+    if let Some(domain) = &req.apps_domain {
+        let valid = domain.len() <= 200
+            && domain.contains('.')
+            && domain
+                .split('.')
+                .all(|label| ferry_proto::label::validate_name(label).is_ok());
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "apps_domain `{}` is not a lowercase DNS name like apps.eu.example.com",
+                domain.chars().take(100).collect::<String>()
+            )));
+        }
+    }
     let info = RelayInfo {
         name: claims.sub.clone(),
         region: req.region,
@@ -115,10 +137,10 @@ pub(crate) async fn register_relay(
         health: None,
         // Assigned by the store on registration.
         incarnation: 0,
-        https_url: None,
+        https_url: req.https_url,
     };
     let cert = state
-        .register_relay(info, &req.names)
+        .register_relay(info, &req.names, req.apps_domain.as_deref())
         .await
         .map_err(|e| match e {
             crate::state::StateError::Cert(c) => ApiError::bad_request(c.to_string()),

@@ -181,6 +181,8 @@ async fn keys_relays_and_directory() {
             last_heartbeat: 1,
             incarnation: 1,
             draining: false,
+            https_url: "https://127.0.0.1:1".into(),
+            apps_domain: "apps.eu.localhost".into(),
         };
         store.upsert_relay(&relay).await.unwrap();
         relay.quic_addr = "127.0.0.1:2".into();
