@@ -44,7 +44,9 @@ impl Estimator {
     }
 
     pub fn record(&mut self, sample: Sample) {
-        if self.samples.len() == self.window {
+        // A window read from a damaged cache file still stays bounded.
+        let window = self.window.clamp(DOWN_AFTER, 100);
+        while self.samples.len() >= window {
             self.samples.pop_front();
         }
         self.samples.push_back(sample);
@@ -124,6 +126,11 @@ impl Estimator {
             .rev()
             .take_while(|s| matches!(s, Sample::Rtt(_)))
             .count()
+    }
+
+    /// How many probes the window holds.
+    pub fn len(&self) -> usize {
+        self.samples.len()
     }
 
     /// Whether any probe was recorded.

@@ -15,6 +15,8 @@
 
 mod chooser;
 mod estimator;
+mod selector;
 
 pub use chooser::{Choice, Chooser, Policy, Reason, RegionView};
 pub use estimator::{Estimator, Sample, DOWN_AFTER};
+pub use selector::{RegionRow, SavedState, Selector};

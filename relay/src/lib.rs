@@ -16,6 +16,7 @@ mod drain;
 mod mesh;
 mod routing;
 mod server;
+mod trace;
 mod view;
 
 pub use server::{Relay, RelayConfig, RelayError};
