@@ -73,10 +73,11 @@ pub(crate) async fn run(
                 selector.record(region, best.map_or(Sample::Lost, Sample::Rtt));
             }
             let choice = selector.choose();
+            let region = choice.region.as_deref().unwrap_or("none");
             if choice.changed {
-                tracing::info!(workspace = %setup.workspace, region = ?choice.region, reason = %choice.reason, "home region chosen");
+                tracing::info!(workspace = %setup.workspace, region, reason = %choice.reason, "home region chosen");
             } else {
-                tracing::debug!(region = ?choice.region, reason = %choice.reason, "home region kept");
+                tracing::debug!(region, reason = %choice.reason, "home region kept");
             }
             chosen.send_if_modified(|p| {
                 let next = Some(choice.region.clone());

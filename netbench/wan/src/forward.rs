@@ -176,8 +176,11 @@ fn seed() -> u64 {
 }
 
 struct Flow {
+    /// The server address the flow was opened to (a restarted server may be elsewhere).
+    server: SocketAddr,
     to_server: Shaper,
     queue: mpsc::Sender<(Instant, Vec<u8>)>,
+    task: tokio::task::AbortHandle,
 }
 
 async fn run_udp_front(
@@ -195,12 +198,20 @@ async fn run_udp_front(
             _ = cancel.cancelled() => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Ok(peer) = done {
-                    flows.remove(&peer);
+                    // Only if the entry is the flow that ended, not a newer one.
+                    if flows.get(&peer).is_some_and(|f| f.task.is_finished()) {
+                        flows.remove(&peer);
+                    }
                 }
             }
             received = socket.recv_from(&mut buf) => {
                 let Ok((len, peer)) = received else { continue };
                 let Some(server) = front.upstream() else { continue };
+                if let Some(stale) = flows.get(&peer).filter(|f| f.server != server) {
+                    // The front was pointed elsewhere: this flow's socket leads nowhere.
+                    stale.task.abort();
+                    flows.remove(&peer);
+                }
                 if !flows.contains_key(&peer) {
                     match open_flow(&socket, &front, &topology, peer, server, &mut tasks, &cancel).await {
                         Some(flow) => { flows.insert(peer, flow); }
@@ -250,7 +261,7 @@ async fn open_flow(
     let (to_client_tx, to_client_rx) = mpsc::channel(DATAGRAM_QUEUE);
     let front_socket = front_socket.clone();
     let cancel = cancel.clone();
-    tasks.spawn(async move {
+    let task = tasks.spawn(async move {
         let mut parts = JoinSet::new();
         parts.spawn(datagram_delay_line(to_server_rx, upstream.clone(), None));
         parts.spawn(datagram_delay_line(to_client_rx, front_socket, Some(peer)));
@@ -276,8 +287,10 @@ async fn open_flow(
         peer
     });
     Some(Flow {
+        server,
         to_server: Shaper::datagrams(link, seed()),
         queue: to_server_tx,
+        task,
     })
 }
 
