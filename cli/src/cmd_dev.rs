@@ -2,6 +2,12 @@
 //! plane, relays in simulated regions, and a demo workspace with its agent. It writes
 //! the CLI's config so `ferry tcp demo ...` and `ferry port-forward demo ...` work from
 //! another shell. Ctrl-C stops every part through one cancellation token.
+//!
+//! With `--topology FILE` the relays sit behind the WAN emulator (ferry-wan): each
+//! listens on its region's loopback address and advertises a front on the emulator,
+//! so the CLI and the demo agent (at `127.0.0.1`, the topology's home) see each
+//! region at its RTT, and the agent chooses its home region as it would on a real
+//! network.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -30,9 +36,14 @@ pub struct DevArgs {
     /// Control plane port (0: any free port)
     #[arg(long, default_value_t = 7443)]
     pub control_port: u16,
-    /// Regions to simulate, comma-separated
-    #[arg(long, value_delimiter = ',', default_value = "eu,us")]
+    /// Regions to simulate, comma-separated [default: eu,us; with --topology, every
+    /// location of the topology except the one of 127.0.0.1]
+    #[arg(long, value_delimiter = ',')]
     pub regions: Vec<String>,
+    /// Put the relays behind the WAN emulator with this topology (regions, RTTs,
+    /// jitter, loss, rate; see netbench/topologies/three-regions.toml)
+    #[arg(long)]
+    pub topology: Option<PathBuf>,
     /// Relays in each region
     #[arg(long, default_value_t = 1)]
     pub relays_per_region: u16,
@@ -71,8 +82,42 @@ async fn dev_user_and_workspace(
     Ok(())
 }
 
-pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
-    if args.regions.is_empty() || args.relays_per_region == 0 {
+/// Where the CLI and the demo agent are: they send from 127.0.0.1.
+const HOME_ADDR: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
+    let mut wan = match &args.topology {
+        Some(path) => {
+            let topology = ferry_wan::Topology::load(path)?;
+            let Some(home) = topology.location_of(HOME_ADDR).map(str::to_string) else {
+                bail!(
+                    "{}: no location has address 127.0.0.1, where the CLI and the demo agent run (add e.g. home = \"127.0.0.1\")",
+                    path.display()
+                );
+            };
+            if args.regions.is_empty() {
+                args.regions = topology
+                    .locations()
+                    .map(|(name, _)| name.to_string())
+                    .filter(|name| *name != home)
+                    .collect();
+            }
+            for region in &args.regions {
+                if region == &home || topology.address_of(region).is_none() {
+                    bail!(
+                        "{}: region `{region}` needs a location of its own in the topology",
+                        path.display()
+                    );
+                }
+            }
+            Some((ferry_wan::Emulator::new(topology, cancel.clone()), home))
+        }
+        None => None,
+    };
+    if args.regions.is_empty() {
+        args.regions = vec!["eu".into(), "us".into()];
+    }
+    if args.relays_per_region == 0 {
         bail!("a dev network needs at least one region with one relay");
     }
     for region in &args.regions {
@@ -141,10 +186,37 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         // Ctrl-C on a dev network should not wait long for streams.
         config.drain_grace = Duration::from_secs(2);
         config.cache_dir = Some(data_dir.join("relay-cache"));
+        let mut front = None;
+        let mut rtt_from_home = None;
+        if let Some((emulator, home)) = &mut wan {
+            let ip = emulator
+                .topology()
+                .address_of(&region)
+                .context("region checked above")?;
+            rtt_from_home = Some(emulator.topology().link(home, &region).rtt);
+            let f = emulator
+                .udp_front(&region, ([127, 0, 0, 1], 0).into(), None)
+                .await?;
+            config.listen = (ip, 0).into();
+            config.advertise = Some(f.local_addr());
+            front = Some(f);
+        }
         let relay = Relay::start(config, cancel.clone())
             .await
             .with_context(|| format!("starting relay {name}"))?;
-        relays.push(serde_json::json!({ "name": name, "region": region, "addr": relay.local_addr().to_string() }));
+        let addr = match &front {
+            Some(f) => {
+                f.set_upstream(relay.local_addr());
+                f.local_addr()
+            }
+            None => relay.local_addr(),
+        };
+        relays.push(serde_json::json!({
+            "name": name,
+            "region": region,
+            "addr": addr.to_string(),
+            "rtt_from_home_ms": rtt_from_home.map(|d| d.as_secs_f64() * 1000.0),
+        }));
         tasks.spawn(relay.run());
     }
 
@@ -155,7 +227,11 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
     tasks.spawn(demo::http_app(http, workspace.to_string(), cancel.clone()));
 
     let mut agent_config = AgentConfig::new(control_url.clone(), ca_pem.clone(), agent_token);
-    agent_config.region = args.regions.first().cloned();
+    // Behind the emulator the agent chooses the nearest region, as in production; on
+    // plain loopback every region is equally near, so it is pinned to the first.
+    if wan.is_none() {
+        agent_config.region = args.regions.first().cloned();
+    }
     let agent = Agent::new(agent_config)?;
     let mut status = agent.status();
     let agent_cancel = cancel.clone();
@@ -207,8 +283,12 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         data_dir.display()
     );
     for r in &relays {
+        let rtt = match r["rtt_from_home_ms"].as_f64() {
+            Some(ms) => format!("   (emulated RTT from here {ms:.0} ms)"),
+            None => String::new(),
+        };
         println!(
-            "  relay {:<8} region {:<6} quic://{}",
+            "  relay {:<8} region {:<6} quic://{}{rtt}",
             r["name"].as_str().unwrap_or(""),
             r["region"].as_str().unwrap_or(""),
             r["addr"].as_str().unwrap_or("")
@@ -243,8 +323,15 @@ pub async fn run(args: DevArgs, cancel: CancellationToken) -> Result<()> {
         )?;
     }
 
+    if wan.is_some() {
+        println!("  ferry ping                          # RTT to every region, and which one is chosen");
+        println!("  ferry status {DEMO_WORKSPACE}                 # the path to the workspace, hop by hop");
+    }
     cancel.cancelled().await;
     println!("stopping...");
     while tasks.join_next().await.is_some() {}
+    if let Some((emulator, _)) = wan {
+        emulator.join().await;
+    }
     Ok(())
 }
