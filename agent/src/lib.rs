@@ -278,7 +278,9 @@ impl Agent {
             }
             if let Some(map) = &map {
                 let region = self.home_region(map, &chosen.borrow());
-                let wanted = region.map(|r| self.wanted(map, &r, &avoid)).unwrap_or_default();
+                let wanted = region
+                    .map(|r| self.wanted(map, &r, &avoid))
+                    .unwrap_or_default();
                 for relay in &wanted {
                     let stale = links.get(&relay.name).is_some_and(|l| {
                         l.relay.quic_addr != relay.quic_addr && !l.retire.is_cancelled()
@@ -374,20 +376,23 @@ impl Agent {
         match chosen {
             Some(Some(region)) if has_relays(region) => Some(region.clone()),
             Some(_) => fallback(),
-            // Waiting for the first probe round (at most one probe timeout) avoids
+            // Waiting for the first choice (a few quick probe rounds) avoids
             // connecting somewhere only to move at once.
-            None if map.region_names().filter(|r| has_relays(r)).count() > 1 => self
-                .config
-                .region
-                .clone()
-                .filter(|r| has_relays(r)),
+            None if map.region_names().filter(|r| has_relays(r)).count() > 1 => {
+                self.config.region.clone().filter(|r| has_relays(r))
+            }
             None => fallback(),
         }
     }
 
     /// The relays the agent should be connected to: owner and standby in `region`,
     /// leaving out relays that told it to go away (unless that leaves none).
-    fn wanted(&self, map: &RegionMap, region: &str, avoid: &HashMap<String, Avoid>) -> Vec<RelayInfo> {
+    fn wanted(
+        &self,
+        map: &RegionMap,
+        region: &str,
+        avoid: &HashMap<String, Avoid>,
+    ) -> Vec<RelayInfo> {
         let avoided: Vec<String> = avoid.keys().cloned().collect();
         let trimmed = map.without(&avoided);
         let label = self.workspace.as_str();

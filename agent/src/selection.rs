@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 /// Probes kept per region.
 const WINDOW: usize = 10;
+/// Rounds probed back to back before the first choice: one sample can be a stall of
+/// this machine or of a relay, and the first choice sticks (hysteresis).
+const WARMUP_ROUNDS: u32 = 3;
 
 /// What the prober publishes: `None` until its first round; then the chosen region,
 /// `Some(None)` when no region answered.
@@ -57,6 +60,7 @@ pub(crate) async fn run(
     };
     let mut selector = Selector::new(Policy::default(), setup.pin.clone(), WINDOW);
     let mut reports: JoinSet<()> = JoinSet::new();
+    let mut rounds = 0u32;
     loop {
         let current: Vec<RelayInfo> = relays.borrow_and_update().clone();
         if !current.is_empty() {
@@ -71,6 +75,14 @@ pub(crate) async fn run(
             }
             for (region, best) in &per_region {
                 selector.record(region, best.map_or(Sample::Lost, Sample::Rtt));
+            }
+            rounds = rounds.saturating_add(1);
+            if rounds < WARMUP_ROUNDS {
+                // Straight on to the next round.
+                if cancel.is_cancelled() {
+                    break;
+                }
+                continue;
             }
             let choice = selector.choose();
             let region = choice.region.as_deref().unwrap_or("none");

@@ -324,7 +324,9 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
     }
 
     if wan.is_some() {
-        println!("  ferry ping                          # RTT to every region, and which one is chosen");
+        println!(
+            "  ferry ping                          # RTT to every region, and which one is chosen"
+        );
         println!("  ferry status {DEMO_WORKSPACE}                 # the path to the workspace, hop by hop");
     }
     cancel.cancelled().await;

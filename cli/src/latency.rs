@@ -85,12 +85,7 @@ impl Selection {
         let recent = self
             .cached_at_ms
             .is_some_and(|at| now_ms().saturating_sub(at) < FRESH_FOR.as_millis() as u64);
-        recent
-            && self
-                .selector
-                .rows()
-                .iter()
-                .all(|r| r.samples > 0)
+        recent && self.selector.rows().iter().all(|r| r.samples > 0)
     }
 
     /// Records a round: per region the best answer of its relays, lost when every
@@ -197,7 +192,11 @@ pub async fn probe_round(
 }
 
 /// The measurements of a round, for the control plane.
-pub fn measurements(settings: &ClientSettings, selection: &Selection, probes: &[Probe]) -> MeasurementsRequest {
+pub fn measurements(
+    settings: &ClientSettings,
+    selection: &Selection,
+    probes: &[Probe],
+) -> MeasurementsRequest {
     let at_ms = Some(now_ms());
     MeasurementsRequest {
         samples: probes

@@ -103,10 +103,18 @@ async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::
     let dir = TempDir::new("dev-topology");
     let ready = dir.0.join("ready.json");
     let config = dir.0.join("config.toml");
-    let topology =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../netbench/topologies/three-regions.toml");
+    let topology = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../netbench/topologies/three-regions.toml");
     let mut dev = Command::new(FERRY)
-        .args(["dev", "--control-port", "0", "--echo-port", "0", "--http-port", "0"])
+        .args([
+            "dev",
+            "--control-port",
+            "0",
+            "--echo-port",
+            "0",
+            "--http-port",
+            "0",
+        ])
         .arg("--topology")
         .arg(&topology)
         .arg("--data-dir")
@@ -134,11 +142,18 @@ async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::
         .env_remove("FERRY_TOKEN")
         .output();
     let ping = tokio::time::timeout(Duration::from_secs(30), ping).await??;
-    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stderr));
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&ping.stdout)?;
     assert_eq!(v["chosen"], "eu", "{v}");
     let eu_rtt = v["regions"][0]["rtt_us"].as_u64().unwrap_or(0);
-    assert!(eu_rtt >= 8_000, "eu answered in {eu_rtt} us, under the emulated 10 ms");
+    assert!(
+        eu_rtt >= 8_000,
+        "eu answered in {eu_rtt} us, under the emulated 10 ms"
+    );
 
     let status = Command::new(FERRY)
         .args(["status", "demo", "--json"])
@@ -146,7 +161,11 @@ async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::
         .env_remove("FERRY_TOKEN")
         .output();
     let status = tokio::time::timeout(Duration::from_secs(30), status).await??;
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
     let hops = v["hops"].as_array().unwrap();
     assert_eq!(hops[0]["from"], "client");

@@ -18,17 +18,29 @@ const WORKSPACE: &str = "demo--dev";
 /// `ferry ping --json`: the chosen region.
 async fn ping_choice(net: &Network, user: &str, count: &str) -> Result<String> {
     let (ok, out, err) = net
-        .ferry_client(user, &["ping", "--json", "-c", count, "--interval-ms", "100"], &[])
+        .ferry_client(
+            user,
+            &["ping", "--json", "-c", count, "--interval-ms", "100"],
+            &[],
+        )
         .await?;
     anyhow::ensure!(ok, "ferry ping failed: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).with_context(|| out.clone())?;
     Ok(v["chosen"].as_str().unwrap_or("none").to_string())
 }
 
-/// `ferry status --json`: the hops as (from, to).
+/// `ferry status --json`: the hops as (from, to, rtt_us).
 async fn status_hops(net: &Network, user: &str) -> Result<Vec<(String, String, u64)>> {
+    status_hops_env(net, user, &[]).await
+}
+
+async fn status_hops_env(
+    net: &Network,
+    user: &str,
+    envs: &[(&str, &str)],
+) -> Result<Vec<(String, String, u64)>> {
     let (ok, out, err) = net
-        .ferry_client(user, &["status", "demo", "--json"], &[])
+        .ferry_client(user, &["status", "demo", "--json"], envs)
         .await?;
     anyhow::ensure!(ok, "ferry status failed: {err}");
     let v: serde_json::Value = serde_json::from_str(&out).with_context(|| out.clone())?;
@@ -48,7 +60,11 @@ async fn status_hops(net: &Network, user: &str) -> Result<Vec<(String, String, u
 
 /// Polls `ferry status` until the relay holding the agent (the last hop's origin)
 /// is in `region`.
-async fn wait_for_agent_in(net: &Network, user: &str, region: &str) -> Result<Vec<(String, String, u64)>> {
+async fn wait_for_agent_in(
+    net: &Network,
+    user: &str,
+    region: &str,
+) -> Result<Vec<(String, String, u64)>> {
     let deadline = Instant::now() + Duration::from_secs(45);
     let prefix = format!("relay:{region}-");
     loop {
@@ -91,14 +107,22 @@ fn choices_in_log(net: &Network) -> Vec<String> {
 async fn the_nearest_region_wins_and_an_outage_moves_everyone_and_back() -> Result<()> {
     let mut wan = Wan::checked_in("three-regions")?;
     let mut net = Network::start("selection-three").await?;
-    for (relay, region) in [("eu-1", "eu"), ("eu-2", "eu"), ("us-1", "us"), ("ap-1", "ap")] {
+    for (relay, region) in [
+        ("eu-1", "eu"),
+        ("eu-2", "eu"),
+        ("us-1", "us"),
+        ("ap-1", "ap"),
+    ] {
         net.start_relay_behind(&mut wan, relay, region, &[]).await?;
     }
     net.start_agent(WORKSPACE, &["--probe-ms", "200"]).await?;
     let user = net.mint(TokenKind::User, "dev", None).await?;
 
     // Both pick eu (10 ms) over us (60 ms) and ap (150 ms).
-    let hops = wait_for_agent_in(&net, &user, "eu").await?;
+    wait_for_agent_in(&net, &user, "eu").await?;
+    // (While the agent was settling, a relay without it yet may have sent the CLI on
+    // to the next relay; now the first one serves.)
+    let hops = status_hops(&net, &user).await?;
     assert!(
         hops[0].1.starts_with("relay:eu-"),
         "the CLI dialed {} first",
@@ -108,6 +132,26 @@ async fn the_nearest_region_wins_and_an_outage_moves_everyone_and_back() -> Resu
     assert!(hops[0].2 >= 8_000, "client -> relay RTT {} us", hops[0].2);
     assert_eq!(ping_choice(&net, &user, "3").await?, "eu");
     assert_eq!(choices_in_log(&net), ["eu"]);
+
+    // A CLI pinned to us goes there, and the path crosses the mesh to eu: the relays
+    // report the us -> eu hop at (at least) its emulated 70 ms.
+    let pinned = [("FERRY_REGION", "us")];
+    let (ok, out, err) = net
+        .ferry_client(&user, &["ping", "--json", "-c", "1"], &pinned)
+        .await?;
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    assert_eq!(
+        (v["chosen"].as_str(), v["reason"].as_str()),
+        (Some("us"), Some("pinned"))
+    );
+    let hops = status_hops_env(&net, &user, &pinned).await?;
+    assert_eq!(hops.len(), 3, "{hops:?}");
+    assert_eq!(hops[0].1, "relay:us-1");
+    assert_eq!(hops[1].0, "relay:us-1");
+    assert!(hops[1].1.starts_with("relay:eu-"), "{hops:?}");
+    assert!(hops[1].2 >= 56_000, "us -> eu mesh RTT {} us", hops[1].2);
+    assert_eq!(hops[2].1, format!("agent:{WORKSPACE}"));
     let echo = echo_server().await;
     let (ok, out, err) = net
         .ferry_tcp(&user, "demo", &echo.to_string(), b"near")
@@ -125,7 +169,8 @@ async fn the_nearest_region_wins_and_an_outage_moves_everyone_and_back() -> Resu
     // The agent moves to the next nearest region, us.
     wait_for_log(&agent_log(&net), "region=\"us\"", Duration::from_secs(30)).await?;
     assert_eq!(ping_choice(&net, &user, "4").await?, "us");
-    let hops = wait_for_agent_in(&net, &user, "us").await?;
+    wait_for_agent_in(&net, &user, "us").await?;
+    let hops = status_hops(&net, &user).await?;
     assert!(hops[0].1.starts_with("relay:us-"), "{hops:?}");
     let (ok, out, err) = net
         .ferry_tcp(&user, "demo", &echo.to_string(), b"moved")
@@ -139,14 +184,20 @@ async fn the_nearest_region_wins_and_an_outage_moves_everyone_and_back() -> Resu
             "eu",
             &relay.addr.to_string(),
             &relay.token,
-            &["--advertise", &wan.fronts[&relay.name].local_addr().to_string()],
+            &[
+                "--advertise",
+                &wan.fronts[&relay.name].local_addr().to_string(),
+            ],
         )
         .await?;
     }
     wait_for_agent_in(&net, &user, "eu").await?;
     assert_eq!(choices_in_log(&net), ["eu", "us", "eu"]);
     let log = std::fs::read_to_string(agent_log(&net))?;
-    assert!(log.contains("clearly nearer than `us`"), "no hysteresis reason in the log");
+    assert!(
+        log.contains("clearly nearer than `us`"),
+        "no hysteresis reason in the log"
+    );
     assert_eq!(ping_choice(&net, &user, "4").await?, "eu");
     Ok(())
 }
@@ -182,11 +233,20 @@ async fn jitter_does_not_make_the_agent_or_the_cli_flap() -> Result<()> {
     net.start_agent(WORKSPACE, &["--probe-ms", "100"]).await?;
     let user = net.mint(TokenKind::User, "dev", None).await?;
     net.wait_for_agent(WORKSPACE, &user).await?;
-    wait_for_log(&agent_log(&net), "home region chosen", Duration::from_secs(20)).await?;
+    wait_for_log(
+        &agent_log(&net),
+        "home region chosen",
+        Duration::from_secs(20),
+    )
+    .await?;
     let first_cli = ping_choice(&net, &user, "3").await?;
     // About 60 probe rounds for the agent and 18 for the CLI, all jittered.
     for _ in 0..6 {
-        assert_eq!(ping_choice(&net, &user, "3").await?, first_cli, "the CLI flapped");
+        assert_eq!(
+            ping_choice(&net, &user, "3").await?,
+            first_cli,
+            "the CLI flapped"
+        );
     }
     let choices = choices_in_log(&net);
     assert_eq!(choices.len(), 1, "the agent changed region: {choices:?}");

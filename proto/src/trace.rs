@@ -165,7 +165,11 @@ mod tests {
     fn long_names_and_too_many_hops_are_cut_not_refused() {
         let mut r = TraceReport::default();
         for i in 0..20 {
-            r.prepend(TraceHop::new("x".repeat(500), format!("hop {i}"), Duration::MAX));
+            r.prepend(TraceHop::new(
+                "x".repeat(500),
+                format!("hop {i}"),
+                Duration::MAX,
+            ));
         }
         assert_eq!(r.hops.len(), MAX_TRACE_HOPS);
         assert_eq!(r.hops[0].from.len(), MAX_HOP_NAME);

@@ -94,10 +94,13 @@ impl Prober {
 
     /// One probe of `relay`: QUIC first, then HTTPS when the relay has an HTTPS origin.
     pub async fn probe(&self, relay: &RelayInfo) -> Result<(Duration, ProbeMethod), ProbeError> {
-        let addr: SocketAddr = relay.quic_addr.parse().map_err(|_| ProbeError::BadAddress {
-            relay: relay.name.clone(),
-            addr: relay.quic_addr.clone(),
-        })?;
+        let addr: SocketAddr = relay
+            .quic_addr
+            .parse()
+            .map_err(|_| ProbeError::BadAddress {
+                relay: relay.name.clone(),
+                addr: relay.quic_addr.clone(),
+            })?;
         let quic = tokio::time::timeout(self.timeout, self.quic(addr, &relay.server_name)).await;
         let quic_error = match quic {
             Ok(Ok(rtt)) => return Ok((rtt, ProbeMethod::Quic)),
@@ -143,9 +146,11 @@ impl Prober {
             .ok_or_else(|| format!("`{url}` is not an https:// URL"))?
             .trim_end_matches('/');
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(':') => {
-                (h, p.parse::<u16>().map_err(|_| format!("bad port in `{url}`"))?)
-            }
+            Some((h, p)) if !h.ends_with(':') => (
+                h,
+                p.parse::<u16>()
+                    .map_err(|_| format!("bad port in `{url}`"))?,
+            ),
             _ => (authority, 443),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');

@@ -101,8 +101,9 @@ mod tests {
         let delays: Vec<Duration> = (0..1000)
             .map(|_| s.schedule(now, 100).unwrap() - now)
             .collect();
-        assert!(delays.iter().all(|d| *d >= Duration::from_millis(20)
-            && *d <= Duration::from_millis(40)));
+        assert!(delays
+            .iter()
+            .all(|d| *d >= Duration::from_millis(20) && *d <= Duration::from_millis(40)));
         assert!(delays.iter().min() < delays.iter().max());
     }
 
@@ -112,7 +113,9 @@ mod tests {
         let mut s = Shaper::stream(spec(60, 40), 3);
         let mut last = start;
         for i in 0..1000u64 {
-            let at = s.schedule(start + Duration::from_micros(i * 10), 1000).unwrap();
+            let at = s
+                .schedule(start + Duration::from_micros(i * 10), 1000)
+                .unwrap();
             assert!(at >= last, "chunk {i} would overtake the one before");
             last = at;
         }

@@ -68,7 +68,9 @@ async fn https_ping_server(leaf: &ferry_certs::IssuedCert) -> SocketAddr {
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 1024];
                 loop {
-                    let Ok(n) = tls.read(&mut buf).await else { return };
+                    let Ok(n) = tls.read(&mut buf).await else {
+                        return;
+                    };
                     if n == 0 {
                         return;
                     }

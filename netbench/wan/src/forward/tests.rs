@@ -144,7 +144,10 @@ async fn tcp_keeps_the_byte_stream_in_order_under_jitter_and_half_close() {
         .unwrap();
     writer.await.unwrap();
     assert_eq!(got.len(), payload.len());
-    assert!(got == payload, "the stream came back reordered or corrupted");
+    assert!(
+        got == payload,
+        "the stream came back reordered or corrupted"
+    );
     assert!(start.elapsed() >= Duration::from_millis(50));
     cancel.cancel();
     emu.join().await;
