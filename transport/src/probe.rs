@@ -81,8 +81,10 @@ impl Prober {
             Some(IpAddr::V6(_)) => "[::1]:1".parse().expect("literal"),
             _ => "127.0.0.1:1".parse().expect("literal"),
         };
-        let mut limits = Limits::default();
-        limits.idle_timeout = timeout.max(Duration::from_millis(100));
+        let limits = Limits {
+            idle_timeout: timeout.max(Duration::from_millis(100)),
+            ..Limits::default()
+        };
         let endpoint = client_endpoint_from(local_ip, family_peer, quic_tls, &limits)?;
         Ok(Prober {
             endpoint,

@@ -212,13 +212,15 @@ async fn run_udp_front(
                     stale.task.abort();
                     flows.remove(&peer);
                 }
-                if !flows.contains_key(&peer) {
-                    match open_flow(&socket, &front, &topology, peer, server, &mut tasks, &cancel).await {
-                        Some(flow) => { flows.insert(peer, flow); }
-                        None => continue,
+                let flow = match flows.entry(peer) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        match open_flow(&socket, &front, &topology, peer, server, &mut tasks, &cancel).await {
+                            Some(flow) => e.insert(flow),
+                            None => continue,
+                        }
                     }
-                }
-                let Some(flow) = flows.get_mut(&peer) else { continue };
+                };
                 if let Some(at) = flow.to_server.schedule(Instant::now(), len) {
                     // A full queue drops the datagram, like a router's.
                     let _ = flow.queue.try_send((at, buf[..len].to_vec()));
