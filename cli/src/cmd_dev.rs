@@ -308,6 +308,12 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
     println!("\nTry, in another shell:");
     println!("  echo hello | ferry tcp {DEMO_WORKSPACE} {echo_port}");
     println!("  ferry port-forward {DEMO_WORKSPACE} 8080:{http_port}   # then: curl http://127.0.0.1:8080/");
+    if wan.is_some() {
+        println!("  ferry ping                  # RTT to every region, and which one is chosen");
+        println!(
+            "  ferry status {DEMO_WORKSPACE}           # the path to the workspace, hop by hop"
+        );
+    }
     println!("\nCtrl-C stops everything.");
     if let Some(path) = &args.ready_file {
         write_ready_file(
@@ -323,12 +329,6 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
         )?;
     }
 
-    if wan.is_some() {
-        println!(
-            "  ferry ping                          # RTT to every region, and which one is chosen"
-        );
-        println!("  ferry status {DEMO_WORKSPACE}                 # the path to the workspace, hop by hop");
-    }
     cancel.cancelled().await;
     println!("stopping...");
     while tasks.join_next().await.is_some() {}
