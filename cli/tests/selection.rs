@@ -257,3 +257,40 @@ async fn jitter_does_not_make_the_agent_or_the_cli_flap() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_agent_falls_back_while_its_region_is_down_and_returns() -> Result<()> {
+    let mut wan = Wan::checked_in("three-regions")?;
+    let mut net = Network::start("selection-pin").await?;
+    for (relay, region) in [("eu-1", "eu"), ("us-1", "us"), ("ap-1", "ap")] {
+        net.start_relay_behind(&mut wan, relay, region, &[]).await?;
+    }
+    // Pinned to us (60 ms): the pin beats the nearer eu (10 ms).
+    net.start_agent(WORKSPACE, &["--region", "us", "--probe-ms", "200"])
+        .await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    wait_for_agent_in(&net, &user, "us").await?;
+
+    let mut us = net.take_relay("us-1");
+    us.child.kill().await?;
+    us.child.wait().await?;
+    // While us is down the nearest other region, eu, takes over...
+    wait_for_agent_in(&net, &user, "eu").await?;
+    let log = std::fs::read_to_string(agent_log(&net))?;
+    assert!(
+        log.contains("pinned region `us` does not answer"),
+        "no fallback reason in the agent's log"
+    );
+    // ...and the pin wins again as soon as us answers.
+    net.start_relay_with_token(
+        "us-1",
+        "us",
+        &us.addr.to_string(),
+        &us.token,
+        &["--advertise", &wan.fronts["us-1"].local_addr().to_string()],
+    )
+    .await?;
+    wait_for_agent_in(&net, &user, "us").await?;
+    assert_eq!(choices_in_log(&net), ["us", "eu", "us"]);
+    Ok(())
+}
