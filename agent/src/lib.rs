@@ -76,7 +76,10 @@ impl AgentConfig {
             token,
             region: None,
             local_ip: None,
-            probe_interval: Duration::from_secs(5),
+            // A QUIC handshake per relay per agent: cheap for one agent, not for tens of
+            // thousands on one relay, hence not more often. A map change (a region's
+            // relays gone or back) triggers a round at once.
+            probe_interval: Duration::from_secs(15),
             probe_timeout: Duration::from_secs(1),
             ports: PortPolicy::AnyLoopback,
             ssh_target: "127.0.0.1:22".parse().expect("literal address"),

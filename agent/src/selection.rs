@@ -1,5 +1,5 @@
 //! Choosing the agent's home region: a task that probes every relay of the region map
-//! each `probe_interval` (QUIC, falling back to HTTPS), keeps a windowed estimate per
+//! each `probe_interval` and whenever the map changes (QUIC, falling back to HTTPS), keeps a windowed estimate per
 //! region and publishes the chooser's pick (with hysteresis, honouring `--region` as
 //! a pin with fallback; see `ferry-latency`). The agent's main loop places itself in
 //! the chosen region, so a new pick re-homes it through the make-before-break move.
@@ -61,7 +61,7 @@ pub(crate) async fn run(
     let mut selector = Selector::new(Policy::default(), setup.pin.clone(), WINDOW);
     let mut reports: JoinSet<()> = JoinSet::new();
     let mut rounds = 0u32;
-    loop {
+    'rounds: loop {
         let current: Vec<RelayInfo> = relays.borrow_and_update().clone();
         if !current.is_empty() {
             let samples = probe_round(&prober, &current).await;
@@ -102,13 +102,19 @@ pub(crate) async fn run(
                 reports.spawn(report(control.clone(), setup.token.clone(), body));
             }
         }
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            Some(_) = reports.join_next(), if !reports.is_empty() => {}
-            // The first map: probe at once.
-            Ok(()) = relays.changed(), if current.is_empty() => {}
-            _ = tokio::time::sleep(setup.interval), if !current.is_empty() => {}
+        // Agents started together should not probe in step: ±10% on each interval.
+        let spread = setup.interval / 10;
+        let next_round = tokio::time::Instant::now() + setup.interval - spread
+            + spread.mul_f64(2.0 * fastrand::f64());
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break 'rounds,
+                Some(_) = reports.join_next(), if !reports.is_empty() => {}
+                // A new map (the first one, a region gone or back): probe at once.
+                Ok(()) = relays.changed() => break,
+                _ = tokio::time::sleep_until(next_round), if !current.is_empty() => break,
+            }
         }
     }
     reports.shutdown().await;

@@ -215,7 +215,7 @@ pub struct AgentArgs {
     #[arg(long, env = "FERRY_LOCAL_IP")]
     pub local_ip: Option<std::net::IpAddr>,
     /// Milliseconds between RTT probes of every relay
-    #[arg(long, default_value_t = 5000, hide = true)]
+    #[arg(long, default_value_t = 15000, hide = true)]
     pub probe_ms: u64,
     /// Only let streams reach these loopback ports (repeatable) [default: any]
     #[arg(long = "allow-port")]
