@@ -167,6 +167,7 @@ impl WorkspaceConnection {
         let Some(first) = candidates.first() else {
             bail!("no relays are registered with the control plane");
         };
+        let first_region = first.region.clone();
         let addr: SocketAddr = first
             .quic_addr
             .parse()
@@ -195,6 +196,10 @@ impl WorkspaceConnection {
             .await
             .with_context(|| format!("connecting to a relay for workspace `{}`", conn.workspace))?;
         let relay = conn.candidates[current.index].name.clone();
+        if settings.relay.is_none() && conn.candidates[current.index].region != first_region {
+            // The nearest region as we knew it did not answer: measure again next time.
+            crate::latency::mark_stale(settings);
+        }
         drop(current);
         conn.relay = relay;
         Ok(conn)

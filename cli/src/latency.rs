@@ -237,6 +237,21 @@ pub async fn report(settings: &ClientSettings, body: &MeasurementsRequest, patie
     }
 }
 
+/// Makes the next command probe again (keeping the estimates and the current choice
+/// for hysteresis): called when the chosen region's relays did not answer a dial.
+pub fn mark_stale(settings: &ClientSettings) {
+    let Some(mut cache) = std::fs::read(&settings.latency_cache)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
+    else {
+        return;
+    };
+    cache.saved_at_ms = 0;
+    if let Ok(json) = serde_json::to_vec(&cache) {
+        let _ = std::fs::write(&settings.latency_cache, json);
+    }
+}
+
 /// The regions in the order a command should try them: probing first when the
 /// cache is stale.
 pub async fn nearest_first(settings: &ClientSettings, regions: &[Region]) -> Vec<String> {
