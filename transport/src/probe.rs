@@ -76,16 +76,22 @@ impl Prober {
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
         let https_tls = ferry_certs::client_config(ca_pem, &[b"http/1.1"])
             .map_err(|e| ProbeError::Tls(e.to_string()))?;
-        // The family follows the local address; relays are dialed over IPv4 otherwise.
-        let family_peer: SocketAddr = match local_ip {
-            Some(IpAddr::V6(_)) => "[::1]:1".parse().expect("literal"),
-            _ => "127.0.0.1:1".parse().expect("literal"),
-        };
         let limits = Limits {
             idle_timeout: timeout.max(Duration::from_millis(100)),
             ..Limits::default()
         };
-        let endpoint = client_endpoint_from(local_ip, family_peer, quic_tls, &limits)?;
+        let v4: SocketAddr = "127.0.0.1:1".parse().expect("literal");
+        let v6: SocketAddr = "[::1]:1".parse().expect("literal");
+        let endpoint = match local_ip {
+            Some(IpAddr::V4(_)) => client_endpoint_from(local_ip, v4, quic_tls, &limits)?,
+            Some(IpAddr::V6(_)) => client_endpoint_from(local_ip, v6, quic_tls, &limits)?,
+            // One dual-stack socket reaches relays of either family; a host without
+            // IPv6 gets an IPv4 socket.
+            None => match client_endpoint_from(None, v6, quic_tls.clone(), &limits) {
+                Ok(endpoint) => endpoint,
+                Err(_) => client_endpoint_from(None, v4, quic_tls, &limits)?,
+            },
+        };
         Ok(Prober {
             endpoint,
             https: TlsConnector::from(Arc::new(https_tls)),
