@@ -3,8 +3,10 @@
 //! connecting to a loopback port (or the SSH service) inside the workspace.
 //!
 //! Placement: the agent fetches the region map and connects to the ring owner of its
-//! workspace label in its home region (`--region`, else the first region) and to the
-//! standby, the next relay on the ring (see `ferry-ring`). [`Agent::run`] keeps one
+//! workspace label in its home region and to the standby, the next relay on the ring
+//! (see `ferry-ring`). The home region is the nearest one by measured RTT, chosen with
+//! hysteresis ([`selection`]); `--region` pins it, with fallback to the nearest other
+//! region while the pinned one does not answer. [`Agent::run`] keeps one
 //! link task per relay ([`link`]) in a `JoinSet`, refreshes the map every
 //! `map_refresh` (keeping the cached one while the control plane is down), and
 //! reconciles: links to new placements start first, links to relays no longer wanted
@@ -15,6 +17,7 @@ mod backoff;
 mod link;
 pub mod metrics;
 mod pty;
+mod selection;
 mod serve;
 mod terminal;
 
@@ -45,8 +48,15 @@ pub struct AgentConfig {
     pub ca_pem: String,
     /// An agent token; its subject names the one workspace this agent serves.
     pub token: String,
-    /// Preferred region; the first region with relays when unset.
+    /// Pinned home region (used whenever it answers); the nearest region when unset.
     pub region: Option<String>,
+    /// Source address for connections to relays (multi-homed hosts; the WAN emulator
+    /// tells locations apart by it). The system picks one when unset.
+    pub local_ip: Option<std::net::IpAddr>,
+    /// How often every relay is probed to choose the home region.
+    pub probe_interval: Duration,
+    /// A probe without an answer in this long counts as lost.
+    pub probe_timeout: Duration,
     /// Which loopback ports streams may reach.
     pub ports: PortPolicy,
     /// Where the workspace's SSH server listens.
@@ -66,6 +76,12 @@ impl AgentConfig {
             ca_pem,
             token,
             region: None,
+            local_ip: None,
+            // A QUIC handshake per relay per agent: cheap for one agent, not for tens of
+            // thousands on one relay, hence not more often. A map change (a region's
+            // relays gone or back) triggers a round at once.
+            probe_interval: Duration::from_secs(15),
+            probe_timeout: Duration::from_secs(1),
             ports: PortPolicy::AnyLoopback,
             ssh_target: "127.0.0.1:22".parse().expect("literal address"),
             terminal: TerminalPolicy::default(),
@@ -176,6 +192,24 @@ impl Agent {
         let mut avoid: HashMap<String, Avoid> = HashMap::new();
         let mut going_away: Vec<(String, Option<u64>)> = Vec::new();
         let mut map: Option<RegionMap> = None;
+        let (relays_tx, relays_rx) = watch::channel(Vec::<RelayInfo>::new());
+        let (chosen_tx, mut chosen) = watch::channel::<selection::Published>(None);
+        let mut selection_task = JoinSet::new();
+        selection_task.spawn(selection::run(
+            selection::SelectionSetup {
+                ca_pem: self.config.ca_pem.clone(),
+                token: self.config.token.clone(),
+                workspace: self.workspace.to_string(),
+                pin: self.config.region.clone(),
+                local_ip: self.config.local_ip,
+                interval: self.config.probe_interval,
+                timeout: self.config.probe_timeout,
+            },
+            control.clone(),
+            relays_rx,
+            chosen_tx,
+            cancel.child_token(),
+        ));
         let mut map_error = String::new();
         let mut map_failures = 0u32;
         // When to fetch the map next (now, at start).
@@ -208,6 +242,7 @@ impl Agent {
                         }
                     }
                 }
+                Ok(()) = chosen.changed() => {}
                 _ = tokio::time::sleep_until(next_fetch) => {
                     for (relay, incarnation) in going_away.drain(..) {
                         avoid.insert(relay, Avoid { since: Instant::now(), incarnation });
@@ -221,6 +256,16 @@ impl Agent {
                                     _ => false,
                                 };
                                 a.since.elapsed() < AVOID_AT_MOST && !restarted
+                            });
+                            relays_tx.send_if_modified(|relays| {
+                                let now: Vec<RelayInfo> = fresh
+                                    .region_names()
+                                    .flat_map(|r| fresh.relays(r))
+                                    .cloned()
+                                    .collect();
+                                let changed = *relays != now;
+                                *relays = now;
+                                changed
                             });
                             map = Some(fresh);
                             next_fetch = tokio::time::Instant::now() + self.config.map_refresh;
@@ -237,7 +282,10 @@ impl Agent {
                 }
             }
             if let Some(map) = &map {
-                let wanted = self.wanted(map, &avoid);
+                let region = self.home_region(map, &chosen.borrow());
+                let wanted = region
+                    .map(|r| self.wanted(map, &r, &avoid))
+                    .unwrap_or_default();
                 for relay in &wanted {
                     let stale = links.get(&relay.name).is_some_and(|l| {
                         l.relay.quic_addr != relay.quic_addr && !l.retire.is_cancelled()
@@ -259,7 +307,8 @@ impl Agent {
                     let endpoint = match endpoints.get(&addr.is_ipv6()) {
                         Some(ep) => ep.clone(),
                         None => {
-                            let ep = ferry_transport::quic::client_endpoint(
+                            let ep = ferry_transport::quic::client_endpoint_from(
+                                self.config.local_ip,
                                 addr,
                                 tls.clone(),
                                 &self.config.limits,
@@ -309,6 +358,7 @@ impl Agent {
                 });
             }
         };
+        selection_task.shutdown().await;
         tasks.shutdown().await;
         for endpoint in endpoints.values() {
             endpoint.close(0u32.into(), b"agent stopping");
@@ -317,18 +367,42 @@ impl Agent {
         result
     }
 
-    /// The relays the agent should be connected to: owner and standby in its region,
+    /// The home region: the prober's choice; before its first round the pin (or the
+    /// only region); when no region answers probes, the pin or the first region.
+    fn home_region(&self, map: &RegionMap, chosen: &selection::Published) -> Option<String> {
+        let has_relays = |r: &str| map.relays(r).next().is_some();
+        let fallback = || {
+            self.config
+                .region
+                .clone()
+                .filter(|r| has_relays(r))
+                .or_else(|| map.first_region().map(str::to_string))
+        };
+        match chosen {
+            Some(Some(region)) if has_relays(region) => Some(region.clone()),
+            Some(_) => fallback(),
+            // Waiting for the first choice (a few quick probe rounds) avoids
+            // connecting somewhere only to move at once.
+            None if map.region_names().filter(|r| has_relays(r)).count() > 1 => {
+                self.config.region.clone().filter(|r| has_relays(r))
+            }
+            None => fallback(),
+        }
+    }
+
+    /// The relays the agent should be connected to: owner and standby in `region`,
     /// leaving out relays that told it to go away (unless that leaves none).
-    fn wanted(&self, map: &RegionMap, avoid: &HashMap<String, Avoid>) -> Vec<RelayInfo> {
+    fn wanted(
+        &self,
+        map: &RegionMap,
+        region: &str,
+        avoid: &HashMap<String, Avoid>,
+    ) -> Vec<RelayInfo> {
         let avoided: Vec<String> = avoid.keys().cloned().collect();
         let trimmed = map.without(&avoided);
         let label = self.workspace.as_str();
         for candidate in [&trimmed, map] {
-            let region = match &self.config.region {
-                Some(r) => Some(r.as_str()),
-                None => candidate.first_region(),
-            };
-            if let Some(p) = region.and_then(|r| candidate.placement(r, label)) {
+            if let Some(p) = candidate.placement(region, label) {
                 return std::iter::once(p.owner).chain(p.standby).collect();
             }
         }
@@ -378,12 +452,15 @@ impl Agent {
                 _ => e.to_string(),
             })?;
         let map = RegionMap::new(&regions.regions);
-        match &self.config.region {
-            Some(want) if map.relays(want).next().is_none() => {
-                Err(format!("region `{want}` has no relays"))
+        if let Some(want) = &self.config.region {
+            if map.relays(want).next().is_none() {
+                // The pin falls back to the nearest region that has relays.
+                tracing::debug!(region = %want, "the pinned region has no relays in service");
             }
-            None if map.first_region().is_none() => Err("no relays are registered yet".into()),
-            _ => Ok(map),
+        }
+        match map.first_region() {
+            None => Err("no relays are registered yet".into()),
+            Some(_) => Ok(map),
         }
     }
 }

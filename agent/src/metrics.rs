@@ -85,6 +85,7 @@ fn target_label(target: &Target) -> &'static str {
         Target::Port(_) => "port",
         Target::Ssh => "ssh",
         Target::Terminal { .. } => "terminal",
+        Target::Trace => "trace",
     }
 }
 

@@ -87,6 +87,14 @@ pub async fn serve_stream(
             return refuse(send, frame).await;
         }
         Target::Ssh => ssh_target,
+        Target::Trace => {
+            // Relays answer traces themselves; one reaching us is a relay bug.
+            let frame = ErrorFrame::new(
+                ErrorCode::Protocol,
+                "trace streams are answered by relays, not agents",
+            );
+            return refuse(send, frame).await;
+        }
         Target::Terminal { cols, rows } => {
             return crate::terminal::serve(&terminal, workspace.as_str(), cols, rows, send, recv)
                 .await;

@@ -3,8 +3,9 @@
 //! refused with a retryable code (draining, overloaded, agent just moved) or that failed
 //! because the relay went away, on the next relay.
 //!
-//! Relays are tried in this order: `--relay NAME` first, then the relays of the first
-//! region (starting at a random one, to spread clients), then the other regions. The
+//! Relays are tried in this order: `--relay NAME` first, then the relays of the
+//! nearest region (see [`crate::latency`]; `--region` pins one), starting at a random
+//! one to spread clients, then the other regions, nearest first. The
 //! region map comes from the control plane and is cached in a file beside the config,
 //! so that known relays stay reachable while the control plane is down.
 
@@ -52,7 +53,7 @@ struct Current {
 
 /// Keeps the relays that take new streams (healthy, not draining); all of them if the
 /// control plane considers none healthy, since any relay that answers can still help.
-fn in_service(regions: Vec<ferry_proto::api::Region>) -> Vec<ferry_proto::api::Region> {
+pub(crate) fn in_service(regions: Vec<ferry_proto::api::Region>) -> Vec<ferry_proto::api::Region> {
     let ok = |r: &RelayInfo| matches!(r.health, None | Some(ferry_proto::api::RelayHealth::Ok));
     if !regions.iter().flat_map(|g| &g.relays).any(ok) {
         return regions;
@@ -66,7 +67,7 @@ fn in_service(regions: Vec<ferry_proto::api::Region>) -> Vec<ferry_proto::api::R
         .collect()
 }
 
-async fn region_map(settings: &ClientSettings) -> Result<Vec<ferry_proto::api::Region>> {
+pub(crate) async fn region_map(settings: &ClientSettings) -> Result<Vec<ferry_proto::api::Region>> {
     let control = ControlClient::new(&settings.control_url, &settings.ca_pem)?;
     match control
         .get::<RegionsResponse>("/api/v1/regions", Some(&settings.token))
@@ -98,8 +99,21 @@ async fn region_map(settings: &ClientSettings) -> Result<Vec<ferry_proto::api::R
     }
 }
 
-/// The relays in the order we try them.
-fn order_relays(regions: &[ferry_proto::api::Region], preferred: Option<&str>) -> Vec<RelayInfo> {
+/// The relays in the order we try them: `preferred` first, then region by region in
+/// `region_order` (regions it does not name last, in map order).
+fn order_relays(
+    regions: &[ferry_proto::api::Region],
+    preferred: Option<&str>,
+    region_order: &[String],
+) -> Vec<RelayInfo> {
+    let rank = |name: &str| {
+        region_order
+            .iter()
+            .position(|r| r == name)
+            .unwrap_or(usize::MAX)
+    };
+    let mut regions: Vec<&ferry_proto::api::Region> = regions.iter().collect();
+    regions.sort_by_key(|r| rank(&r.name));
     let mut out: Vec<RelayInfo> = Vec::new();
     if let Some(name) = preferred {
         out.extend(
@@ -110,7 +124,7 @@ fn order_relays(regions: &[ferry_proto::api::Region], preferred: Option<&str>) -
                 .cloned(),
         );
     }
-    for region in regions.iter().filter(|r| !r.relays.is_empty()) {
+    for region in regions.into_iter().filter(|r| !r.relays.is_empty()) {
         let start = fastrand::usize(..region.relays.len());
         let mut relays = region.relays.clone();
         relays.rotate_left(start);
@@ -142,7 +156,8 @@ impl WorkspaceConnection {
         let workspace = WorkspaceLabel::resolve(workspace, &settings.user)
             .map_err(|e| anyhow!("`{workspace}` is not a workspace name: {e}"))?;
         let regions = in_service(region_map(settings).await?);
-        let candidates = order_relays(&regions, settings.relay.as_deref());
+        let region_order = crate::latency::nearest_first(settings, &regions).await;
+        let candidates = order_relays(&regions, settings.relay.as_deref(), &region_order);
         if let Some(want) = &settings.relay {
             if candidates.first().map(|r| &r.name) != Some(want) {
                 // It may be draining or gone; any relay reaches the workspace.
@@ -152,12 +167,18 @@ impl WorkspaceConnection {
         let Some(first) = candidates.first() else {
             bail!("no relays are registered with the control plane");
         };
+        let first_region = first.region.clone();
         let addr: SocketAddr = first
             .quic_addr
             .parse()
             .with_context(|| format!("relay {} has a bad address", first.name))?;
         let tls = ferry_certs::client_config(&settings.ca_pem, &[alpn::CLIENT])?;
-        let endpoint = ferry_transport::quic::client_endpoint(addr, tls, &Limits::default())?;
+        let endpoint = ferry_transport::quic::client_endpoint_from(
+            settings.local_ip,
+            addr,
+            tls,
+            &Limits::default(),
+        )?;
         let mut conn = WorkspaceConnection {
             control: ControlClient::new(&settings.control_url, &settings.ca_pem).ok(),
             workspace,
@@ -175,6 +196,10 @@ impl WorkspaceConnection {
             .await
             .with_context(|| format!("connecting to a relay for workspace `{}`", conn.workspace))?;
         let relay = conn.candidates[current.index].name.clone();
+        if settings.relay.is_none() && conn.candidates[current.index].region != first_region {
+            // The nearest region as we knew it did not answer: measure again next time.
+            crate::latency::mark_stale(settings);
+        }
         drop(current);
         conn.relay = relay;
         Ok(conn)
@@ -217,6 +242,33 @@ impl WorkspaceConnection {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(400));
         }
+    }
+
+    /// Asks the relays for the path to the agent (`Target::Trace`). Returns the relay
+    /// we are connected to, our RTT to it, and the relays' hops.
+    pub async fn trace(&self) -> Result<(String, Duration, ferry_proto::TraceReport)> {
+        let (_send, mut recv) = self.open(Target::Trace).await.map_err(|e| {
+            if format!("{e:#}").contains(ErrorCode::Protocol.as_str()) {
+                e.context("the relay does not answer traces (an older ferry?)")
+            } else {
+                e
+            }
+        })?;
+        let report = tokio::time::timeout(
+            dial::STREAM_REPLY_TIMEOUT,
+            ferry_transport::frame_io::read_frame::<ferry_proto::TraceReport>(&mut recv),
+        )
+        .await
+        .map_err(|_| anyhow!("the relay sent no trace report"))?
+        .map_err(|e| anyhow!("bad trace report: {e}"))?;
+        let current = self.current.lock().await;
+        let relay = self.candidates[current.index].name.clone();
+        let rtt = current
+            .session
+            .as_ref()
+            .map(|s| s.conn.rtt())
+            .unwrap_or_default();
+        Ok((relay, rtt, report))
     }
 
     /// The error for the user. Relays know only where agents are, so "no agent" is

@@ -250,9 +250,16 @@ pub struct AgentArgs {
     /// Agent token (names the workspace)
     #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// Preferred region
+    /// Home region, pinned (with fallback to the nearest other while it does not
+    /// answer) [default: auto, the nearest region by measured RTT]
     #[arg(long, env = "FERRY_REGION")]
     pub region: Option<String>,
+    /// Source address for connections to relays (multi-homed hosts, the WAN emulator)
+    #[arg(long, env = "FERRY_LOCAL_IP")]
+    pub local_ip: Option<std::net::IpAddr>,
+    /// Milliseconds between RTT probes of every relay
+    #[arg(long, default_value_t = 15000, hide = true)]
+    pub probe_ms: u64,
     /// Only let streams reach these loopback ports (repeatable) [default: any]
     #[arg(long = "allow-port")]
     pub allow_ports: Vec<u16>,
@@ -278,7 +285,9 @@ pub struct AgentArgs {
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     let mut config = AgentConfig::new(args.control_url, read_ca(&args.ca_file)?, args.token);
-    config.region = args.region;
+    config.region = args.region.filter(|r| r != "auto");
+    config.local_ip = args.local_ip;
+    config.probe_interval = Duration::from_millis(args.probe_ms.max(50));
     config.ssh_target = args.ssh_target;
     if args.disable_terminal {
         config.terminal = TerminalPolicy::Disabled;

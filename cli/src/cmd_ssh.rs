@@ -90,6 +90,15 @@ pub async fn run(args: SshArgs) -> Result<()> {
     if let Some(token) = &args.client.token {
         cmd.env("FERRY_TOKEN", token);
     }
+    if let Some(relay) = &args.client.relay {
+        cmd.env("FERRY_RELAY", relay);
+    }
+    if let Some(region) = &args.client.region {
+        cmd.env("FERRY_REGION", region);
+    }
+    if let Some(ip) = &args.client.local_ip {
+        cmd.env("FERRY_LOCAL_IP", ip.to_string());
+    }
     let status = cmd
         .status()
         .with_context(|| format!("running `{}` (is OpenSSH installed?)", args.ssh))?;

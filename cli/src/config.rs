@@ -64,6 +64,12 @@ pub struct ClientSettings {
     pub relay: Option<String>,
     /// Where the last region map is kept, for when the control plane is down.
     pub regions_cache: PathBuf,
+    /// Region to dial first whenever it answers (a pin with fallback).
+    pub region: Option<String>,
+    /// Source address for connections to relays.
+    pub local_ip: Option<std::net::IpAddr>,
+    /// Where recent RTT estimates per region are kept between runs.
+    pub latency_cache: PathBuf,
 }
 
 /// Flags every client command takes.
@@ -78,9 +84,15 @@ pub struct ClientArgs {
     /// User token [default: from the config file]
     #[arg(long, env = "FERRY_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
-    /// Relay to connect through, by name [default: any relay of the first region]
+    /// Relay to connect through, by name [default: a relay of the nearest region]
     #[arg(long, env = "FERRY_RELAY", global = true)]
     pub relay: Option<String>,
+    /// Region to use whenever it answers [default: the nearest by measured RTT]
+    #[arg(long, env = "FERRY_REGION", global = true)]
+    pub region: Option<String>,
+    /// Source address for connections to relays (multi-homed hosts, the WAN emulator)
+    #[arg(long, env = "FERRY_LOCAL_IP", global = true)]
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl ClientArgs {
@@ -109,6 +121,9 @@ impl ClientArgs {
             user: claims.sub,
             relay: self.relay.clone(),
             regions_cache: path.with_file_name("regions-cache.json"),
+            region: self.region.clone().filter(|r| r != "auto"),
+            local_ip: self.local_ip,
+            latency_cache: path.with_file_name("latency-cache.json"),
         })
     }
 }

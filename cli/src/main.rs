@@ -6,6 +6,7 @@ mod client;
 mod cmd_admin;
 mod cmd_dev;
 mod cmd_login;
+mod cmd_ping;
 mod cmd_port_forward;
 mod cmd_servers;
 mod cmd_ssh;
@@ -14,6 +15,7 @@ mod cmd_terminal;
 mod cmd_workspace;
 mod config;
 mod demo;
+mod latency;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -55,6 +57,10 @@ enum Command {
     Terminal(cmd_terminal::TerminalArgs),
     /// SSH into a workspace with the system's OpenSSH client
     Ssh(cmd_ssh::SshArgs),
+    /// RTT, jitter and loss to every region, and which one is chosen and why
+    Ping(cmd_ping::PingArgs),
+    /// The path to a workspace (client -> relay -> relay -> agent) with each hop's RTT
+    Status(cmd_ping::StatusArgs),
     /// Add a `Host *.ferry` block to ~/.ssh/config (ssh, scp, rsync, editors)
     ConfigSsh(cmd_ssh::ConfigSshArgs),
 }
@@ -130,6 +136,8 @@ fn main() {
             Command::Ssh(args) => cmd_ssh::run(args).await,
             Command::Terminal(args) => cmd_terminal::run(args).await,
             Command::ConfigSsh(args) => cmd_ssh::config_ssh(args),
+            Command::Ping(args) => cmd_ping::ping(args).await,
+            Command::Status(args) => cmd_ping::status(args).await,
         }
     });
     let code = match result {

@@ -153,3 +153,87 @@ async fn ferry_dev_starts_a_network_the_cli_can_use_and_stops_on_ctrl_c() -> any
     assert!(exit.success(), "ferry dev exited with {exit}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::Result<()> {
+    let dir = TempDir::new("dev-topology");
+    let ready = dir.0.join("ready.json");
+    let config = dir.0.join("config.toml");
+    let topology = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../netbench/topologies/three-regions.toml");
+    let mut dev = Command::new(FERRY)
+        .args([
+            "dev",
+            "--control-port",
+            "0",
+            "--echo-port",
+            "0",
+            "--http-port",
+            "0",
+        ])
+        .arg("--topology")
+        .arg(&topology)
+        .arg("--data-dir")
+        .arg(dir.0.join("data"))
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("FERRY_CONFIG", &config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let info = wait_for_json(&ready, Duration::from_secs(30)).await?;
+    let regions: Vec<&str> = info["relays"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["ap", "eu", "us"], "every location but home");
+
+    // The CLI, at home, sees eu (10 ms) as the nearest and the path goes there.
+    let ping = Command::new(FERRY)
+        .args(["ping", "--json", "-c", "3"])
+        .env("FERRY_CONFIG", &config)
+        .env_remove("FERRY_TOKEN")
+        .output();
+    let ping = tokio::time::timeout(Duration::from_secs(30), ping).await??;
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&ping.stdout)?;
+    assert_eq!(v["chosen"], "eu", "{v}");
+    let eu_rtt = v["regions"][0]["rtt_us"].as_u64().unwrap_or(0);
+    assert!(
+        eu_rtt >= 8_000,
+        "eu answered in {eu_rtt} us, under the emulated 10 ms"
+    );
+
+    let status = Command::new(FERRY)
+        .args(["status", "demo", "--json"])
+        .env("FERRY_CONFIG", &config)
+        .env_remove("FERRY_TOKEN")
+        .output();
+    let status = tokio::time::timeout(Duration::from_secs(30), status).await??;
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    let hops = v["hops"].as_array().unwrap();
+    assert_eq!(hops[0]["from"], "client");
+    assert_eq!(hops[0]["to"], "relay:eu-1", "{v}");
+    assert_eq!(hops.last().unwrap()["to"], "agent:demo--dev", "{v}");
+
+    let pid = dev.id().unwrap() as i32;
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), dev.wait()).await??;
+    assert!(exit.success(), "ferry dev exited with {exit}");
+    Ok(())
+}

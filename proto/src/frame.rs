@@ -11,6 +11,8 @@
 //! target       = 0x01 port:u16          ; a TCP port on the workspace's loopback
 //!              | 0x02                    ; the workspace's SSH service
 //!              | 0x03 cols:u16 rows:u16  ; a shell on a new PTY (see crate::terminal)
+//!              | 0x04                    ; trace: the relays answer with the path's hops
+//!                                        ;   and their RTTs (see crate::trace)
 //! Reply        = 0x00                    ; ok, raw bytes follow
 //!              | 0x01 code:u16 msg_len:u16 msg:[u8; msg_len]   ; error, stream ends
 //! ```
@@ -68,11 +70,14 @@ pub enum Target {
     Ssh,
     /// A login shell on a new PTY of this size.
     Terminal { cols: u16, rows: u16 },
+    /// No service: the relays on the path answer with a [`crate::TraceReport`].
+    Trace,
 }
 
 const TARGET_PORT: u8 = 0x01;
 const TARGET_SSH: u8 = 0x02;
 const TARGET_TERMINAL: u8 = 0x03;
+const TARGET_TRACE: u8 = 0x04;
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +85,7 @@ impl std::fmt::Display for Target {
             Target::Port(p) => write!(f, "port {p}"),
             Target::Ssh => f.write_str("ssh"),
             Target::Terminal { cols, rows } => write!(f, "terminal {cols}x{rows}"),
+            Target::Trace => f.write_str("trace"),
         }
     }
 }
@@ -106,7 +112,7 @@ impl StreamHeader {
         3 + self.workspace.as_str().len()
             + match self.target {
                 Target::Port(_) => 3,
-                Target::Ssh => 1,
+                Target::Ssh | Target::Trace => 1,
                 Target::Terminal { .. } => 5,
             }
     }
@@ -123,6 +129,7 @@ impl StreamHeader {
                 buf.put_u16(p);
             }
             Target::Ssh => buf.put_u8(TARGET_SSH),
+            Target::Trace => buf.put_u8(TARGET_TRACE),
             Target::Terminal { cols, rows } => {
                 buf.put_u8(TARGET_TERMINAL);
                 buf.put_u16(cols);
@@ -158,6 +165,7 @@ impl StreamHeader {
                 Target::Port(port)
             }
             TARGET_SSH => Target::Ssh,
+            TARGET_TRACE => Target::Trace,
             TARGET_TERMINAL => {
                 let cols = get_u16(buf, "columns")?;
                 let rows = get_u16(buf, "rows")?;
@@ -300,7 +308,13 @@ macro_rules! impl_frame {
         }
     )*};
 }
-impl_frame!(Hello, StreamHeader, Reply, crate::notice::Notice);
+impl_frame!(
+    Hello,
+    StreamHeader,
+    Reply,
+    crate::notice::Notice,
+    crate::trace::TraceReport
+);
 
 /// Decodes one complete framed message (`[len][body]`) held entirely in `buf`; used by
 /// the fuzz targets and by tests that feed raw bytes.

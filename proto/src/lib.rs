@@ -9,7 +9,9 @@
 //! - 1 (ferry 0.1): hello/reply on the first stream of a connection, a stream header
 //!   per data stream, typed error frames, Ed25519 tokens. Later in 0.1: relay-to-relay
 //!   hops in the stream header (mesh forwarding), and the [`Notice`] frames (go-away) on
-//!   an agent's control stream.
+//!   an agent's control stream. Later still: the `trace` stream target and its
+//!   [`TraceReport`] answer (`ferry status`); a relay without them refuses the stream
+//!   with `protocol_error`, which the CLI explains.
 
 pub mod alpn;
 pub mod api;
@@ -21,12 +23,14 @@ pub mod label;
 pub mod notice;
 pub mod terminal;
 pub mod token;
+pub mod trace;
 
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;
 pub use frame::{ErrorFrame, Hello, Reply, StreamHeader, Target};
 pub use label::{LabelError, WorkspaceLabel};
 pub use notice::Notice;
+pub use trace::{TraceHop, TraceReport};
 
 /// The protocol version this build speaks, carried in every hello and stream header.
 pub const PROTOCOL_VERSION: u8 = 1;

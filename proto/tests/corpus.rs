@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use ferry_proto::frame::{decode_framed, Frame};
 use ferry_proto::token::{peek_claims, Expect, KeySet, SigningKey, TokenKind, AUDIENCE_FERRY};
-use ferry_proto::{Hello, Reply, StreamHeader};
+use ferry_proto::{Hello, Reply, StreamHeader, TraceReport};
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -62,6 +62,11 @@ fn hello_corpus_replays_without_panics() {
 #[test]
 fn reply_corpus_replays_without_panics() {
     assert!(replay::<Reply>("reply") > 0, "no seed decoded");
+}
+
+#[test]
+fn trace_report_corpus_replays_without_panics() {
+    assert!(replay::<TraceReport>("trace_report") > 0, "no seed decoded");
 }
 
 #[test]

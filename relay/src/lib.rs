@@ -21,6 +21,7 @@ mod metrics;
 mod report;
 mod routing;
 mod server;
+mod trace;
 mod view;
 mod web;
 

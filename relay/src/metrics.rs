@@ -52,9 +52,11 @@ pub(crate) enum StreamKind {
     Ssh = 1,
     Terminal = 2,
     Forwarded = 3,
+    /// `ferry status`'s trace: answered by the relays, never reaching the agent.
+    Trace = 4,
 }
 
-const KINDS: [&str; 4] = ["port", "ssh", "terminal", "forwarded"];
+const KINDS: [&str; 5] = ["port", "ssh", "terminal", "forwarded", "trace"];
 
 impl StreamKind {
     pub fn of(target: &Target, from_mesh: bool) -> StreamKind {
@@ -63,6 +65,7 @@ impl StreamKind {
             Target::Port(_) => StreamKind::Port,
             Target::Ssh => StreamKind::Ssh,
             Target::Terminal { .. } => StreamKind::Terminal,
+            Target::Trace => StreamKind::Trace,
         }
     }
 }
@@ -81,8 +84,8 @@ pub(crate) struct RelayMetrics {
     accepted: [Counter; 3],
     handshake: [Histogram; 3],
     handshake_failures: Counter,
-    opened: [Counter; 4],
-    active: [Gauge; 4],
+    opened: [Counter; 5],
+    active: [Gauge; 5],
     setup: Histogram,
     forwarded: Counter,
     bytes_up: Counter,

@@ -117,6 +117,9 @@ pub(crate) async fn serve_stream(
         }
         Origin::Mesh { peer } => Some(peer.as_str()),
     };
+    if header.target == ferry_proto::Target::Trace {
+        return crate::trace::answer(&shared, &header, from_peer, send, recv).await;
+    }
     let Some(_slot) = shared.load.try_stream() else {
         let frame = ErrorFrame::new(
             ErrorCode::Overloaded,
@@ -226,13 +229,7 @@ async fn open_upstream(
     if header.hops < MAX_HOPS {
         match shared.view.home_region(workspace.as_str()).await {
             Some(region) => {
-                let candidates = shared
-                    .view
-                    .map()
-                    .successors(&region, workspace.as_str())
-                    .into_iter()
-                    .filter(|r| r.name != shared.name && Some(r.name.as_str()) != from_peer)
-                    .take(MAX_CANDIDATES);
+                let candidates = candidates_in(shared, &region, header, from_peer);
                 let mut forwarded = header.clone();
                 forwarded.hops = header.hops + 1;
                 for peer in candidates {
@@ -268,6 +265,35 @@ async fn open_upstream(
             shared.name
         ),
     ))
+}
+
+/// The mesh peers a stream for `header`'s workspace goes to, in order: the relays of
+/// its home region in ring order, minus us and the peer it came from.
+pub(crate) async fn mesh_candidates(
+    shared: &Shared,
+    header: &StreamHeader,
+    from_peer: Option<&str>,
+) -> Vec<ferry_proto::api::RelayInfo> {
+    match shared.view.home_region(header.workspace.as_str()).await {
+        Some(region) => candidates_in(shared, &region, header, from_peer),
+        None => Vec::new(),
+    }
+}
+
+fn candidates_in(
+    shared: &Shared,
+    region: &str,
+    header: &StreamHeader,
+    from_peer: Option<&str>,
+) -> Vec<ferry_proto::api::RelayInfo> {
+    shared
+        .view
+        .map()
+        .successors(region, header.workspace.as_str())
+        .into_iter()
+        .filter(|r| r.name != shared.name && Some(r.name.as_str()) != from_peer)
+        .take(MAX_CANDIDATES)
+        .collect()
 }
 
 /// The local agent's answer: `Ok(None)` when it is not here (or its connection just

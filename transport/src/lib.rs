@@ -6,6 +6,7 @@
 pub mod control_client;
 pub mod dial;
 pub mod frame_io;
+pub mod probe;
 pub mod quic;
 pub mod splice;
 

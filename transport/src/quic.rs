@@ -147,11 +147,28 @@ pub fn client_endpoint(
     tls: rustls::ClientConfig,
     limits: &Limits,
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let bind: SocketAddr = if peer.is_ipv6() {
-        "[::]:0".parse().expect("literal address")
-    } else {
-        "0.0.0.0:0".parse().expect("literal address")
-    };
+    client_endpoint_from(None, peer, tls, limits)
+}
+
+/// The local address a client endpoint binds for `peer`: `local_ip` (a multi-homed
+/// host's chosen source address; the WAN emulator tells locations apart by it) when
+/// given, else the unspecified address of the peer's family.
+pub fn client_bind_addr(local_ip: Option<std::net::IpAddr>, peer: SocketAddr) -> SocketAddr {
+    match local_ip {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if peer.is_ipv6() => "[::]:0".parse().expect("literal address"),
+        None => "0.0.0.0:0".parse().expect("literal address"),
+    }
+}
+
+/// Like [`client_endpoint`], sending from `local_ip` when given.
+pub fn client_endpoint_from(
+    local_ip: Option<std::net::IpAddr>,
+    peer: SocketAddr,
+    tls: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let bind = client_bind_addr(local_ip, peer);
     let socket = udp_socket(bind)?;
     let mut endpoint = quinn::Endpoint::new(
         quinn::EndpointConfig::default(),

@@ -797,3 +797,118 @@ pub async fn scrape(addr: SocketAddr) -> Result<Scrape> {
         .collect();
     Ok(Scrape { text, series })
 }
+
+/// The WAN emulator (ferry-wan) in the test process: relays started with
+/// [`Network::start_relay_behind`] listen on their region's loopback address and
+/// advertise a front on the emulator, so every client and agent reaches them over the
+/// link from its own location (by its source address; 127.0.0.1 is `home` in the
+/// checked-in topologies).
+pub struct Wan {
+    pub emulator: ferry_wan::Emulator,
+    pub fronts: std::collections::HashMap<String, ferry_wan::Front>,
+    cancel: tokio_util::sync::CancellationToken,
+}
+
+impl Wan {
+    pub fn new(topology_toml: &str) -> Result<Wan> {
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let topology = ferry_wan::Topology::parse(topology_toml)?;
+        Ok(Wan {
+            emulator: ferry_wan::Emulator::new(topology, cancel.clone()),
+            fronts: Default::default(),
+            cancel,
+        })
+    }
+
+    /// The checked-in topology `netbench/topologies/NAME.toml`.
+    pub fn checked_in(name: &str) -> Result<Wan> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../netbench/topologies")
+            .join(format!("{name}.toml"));
+        Wan::new(&std::fs::read_to_string(&path).with_context(|| path.display().to_string())?)
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+impl Network {
+    /// Starts relay `name` of `region` behind the emulator (the region is a location
+    /// of its topology); returns the front address it advertises.
+    pub async fn start_relay_behind(
+        &mut self,
+        wan: &mut Wan,
+        name: &str,
+        region: &str,
+        extra: &[&str],
+    ) -> Result<SocketAddr> {
+        let ip = wan
+            .emulator
+            .topology()
+            .address_of(region)
+            .with_context(|| format!("region {region} is not in the topology"))?;
+        let front = match wan.fronts.get(name) {
+            Some(f) => f.clone(),
+            None => {
+                let f = wan
+                    .emulator
+                    .udp_front(region, "127.0.0.1:0".parse()?, None)
+                    .await?;
+                wan.fronts.insert(name.to_string(), f.clone());
+                f
+            }
+        };
+        let advertise = front.local_addr().to_string();
+        let mut args = vec!["--advertise", advertise.as_str()];
+        args.extend_from_slice(extra);
+        let real = self
+            .start_relay_with(name, region, &format!("{ip}:0"), &args)
+            .await?;
+        front.set_upstream(real);
+        Ok(front.local_addr())
+    }
+
+    /// Runs a client command (`ferry ARGS`) as `token`'s user with `envs`; returns
+    /// (success, stdout, stderr).
+    pub async fn ferry_client(
+        &self,
+        token: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Result<(bool, String, String)> {
+        let mut cmd = Command::new(FERRY);
+        cmd.args(args)
+            .envs(self.client_env(token))
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+            .await
+            .with_context(|| format!("ferry {args:?} did not finish within 60s"))??;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+/// Polls a process log until it contains `needle`.
+pub async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return Ok(text);
+        }
+        if Instant::now() > deadline {
+            bail!("{} has no `{needle}` after {timeout:?}", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

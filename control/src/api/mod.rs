@@ -5,9 +5,9 @@
 //! The routes are listed once, in [`ROUTES`], which the OpenAPI test checks against
 //! `control/openapi.json`.
 
-mod measurements;
 mod agents;
 pub mod app_auth;
+mod measurements;
 mod relays;
 pub mod session;
 mod users;

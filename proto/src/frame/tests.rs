@@ -12,6 +12,7 @@ fn target_strategy() -> impl Strategy<Value = Target> {
     prop_oneof![
         (1u16..).prop_map(Target::Port),
         Just(Target::Ssh),
+        Just(Target::Trace),
         (1u16.., 1u16..).prop_map(|(cols, rows)| Target::Terminal { cols, rows })
     ]
 }
