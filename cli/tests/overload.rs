@@ -138,13 +138,15 @@ async fn a_relay_at_its_connection_limit_refuses_the_hello_with_overloaded() -> 
     assert!(ok, "{err}");
     assert_eq!(out, b"via eu-2");
     let refused = scrape(eu1).await?;
-    assert_eq!(
-        refused.sum(
+    // Relative to before: on a loaded machine the agent's own reconnects may have met
+    // the full relay already.
+    let refusals = |s: &Scrape| {
+        s.sum(
             "ferry_relay_refusals_total",
-            &[("scope", "connection"), ("reason", "overloaded")]
-        ),
-        1.0
-    );
+            &[("scope", "connection"), ("reason", "overloaded")],
+        )
+    };
+    assert_eq!(refusals(&refused) - refusals(&full), 1.0);
     assert_eq!(
         refused.sum("ferry_relay_streams_opened_total", &[]),
         0.0,
