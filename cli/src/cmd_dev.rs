@@ -304,6 +304,14 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
             control_url: Some(control_url.clone()),
             ca_file: Some(ca_file.clone()),
             token: Some(user_token),
+            // On plain loopback every region is equally near, and a client choosing by
+            // noise would often enter through another region than the agent's and pay
+            // a mesh hop; prefer the agent's region, as the agent is pinned to it.
+            region: if wan.is_none() {
+                args.regions.first().cloned()
+            } else {
+                None
+            },
         }
         .save(&config_path)?;
     }

@@ -16,6 +16,10 @@ pub struct CliConfig {
     pub ca_file: Option<PathBuf>,
     /// A user token.
     pub token: Option<String>,
+    /// The region to use whenever it answers (a pin with fallback, like `--region`);
+    /// unset: the nearest by measured RTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// Where the config lives.
@@ -121,7 +125,7 @@ impl ClientArgs {
             user: claims.sub,
             relay: self.relay.clone(),
             regions_cache: path.with_file_name("regions-cache.json"),
-            region: self.region.clone().filter(|r| r != "auto"),
+            region: self.region.clone().or(file.region).filter(|r| r != "auto"),
             local_ip: self.local_ip,
             latency_cache: path.with_file_name("latency-cache.json"),
         })
