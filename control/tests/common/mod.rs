@@ -168,6 +168,37 @@ pub async fn raw_request(
     headers: &[(&str, &str)],
     body: Vec<u8>,
 ) -> (u16, hyper::HeaderMap, serde_json::Value) {
+    let (status, response_headers, bytes) =
+        raw_exchange(url, ca_pem, method, path, headers, body).await;
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, response_headers, json)
+}
+
+/// `GET path` with the given headers, returning (status, response headers, body text).
+pub async fn raw_get_text(
+    url: &str,
+    ca_pem: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, hyper::HeaderMap, String) {
+    let (status, response_headers, bytes) =
+        raw_exchange(url, ca_pem, "GET", path, headers, Vec::new()).await;
+    (
+        status,
+        response_headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+/// One HTTP/1.1 exchange over TLS on 127.0.0.1, headers exactly as given plus `host`.
+async fn raw_exchange(
+    url: &str,
+    ca_pem: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> (u16, hyper::HeaderMap, bytes::Bytes) {
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
     let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
@@ -201,53 +232,5 @@ pub async fn raw_request(
     let response_headers = resp.headers().clone();
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     task.abort();
-    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
-    (status, response_headers, json)
-}
-
-/// `GET path` with the given headers, returning (status, response headers, body text).
-pub async fn raw_get_text(
-    url: &str,
-    ca_pem: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> (u16, hyper::HeaderMap, String) {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::rt::TokioIo;
-    let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
-    let tls = ferry_certs::client_config(ca_pem, &[b"http/1.1"]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(
-            rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
-            tcp,
-        )
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    let task = tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method("GET")
-        .uri(path)
-        .header("host", format!("127.0.0.1:{port}"));
-    for (name, value) in headers {
-        req = req.header(*name, *value);
-    }
-    let resp = sender
-        .send_request(req.body(Empty::<bytes::Bytes>::new()).unwrap())
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let response_headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    task.abort();
-    (
-        status,
-        response_headers,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
+    (status, response_headers, bytes)
 }
