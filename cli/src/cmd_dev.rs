@@ -208,7 +208,7 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
         // Browsers resolve every *.localhost name to loopback: no DNS set-up needed.
         config.apps_domain = Some(format!("apps.{region}.localhost"));
         config.admin_listen = Some(loopback_any);
-        let mut front = None;
+        let mut fronts = Vec::new();
         let mut rtt_from_home = None;
         if let Some((emulator, home)) = &mut wan {
             let ip = emulator
@@ -216,29 +216,42 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
                 .address_of(&region)
                 .context("region checked above")?;
             rtt_from_home = Some(emulator.topology().link(home, &region).rtt);
-            let f = emulator
+            let quic = emulator
                 .udp_front(&region, ([127, 0, 0, 1], 0).into(), None)
                 .await?;
+            // The relay's HTTPS (web apps, the terminal, the browser's RTT probe) is
+            // on the TCP port numbered like its QUIC port, so its front is too: the
+            // advertised port then serves both, through the emulated link.
+            let https = emulator
+                .tcp_front(&region, quic.local_addr(), None)
+                .await
+                .with_context(|| {
+                    format!(
+                        "TCP port {} is taken; run `ferry dev --topology` again",
+                        quic.local_addr().port()
+                    )
+                })?;
             config.listen = (ip, 0).into();
-            config.advertise = Some(f.local_addr());
-            front = Some(f);
+            config.advertise = Some(quic.local_addr());
+            fronts = vec![quic, https];
         }
         let relay = Relay::start(config, cancel.clone())
             .await
             .with_context(|| format!("starting relay {name}"))?;
-        let addr = match &front {
-            Some(f) => {
-                f.set_upstream(relay.local_addr());
-                f.local_addr()
-            }
-            None => relay.local_addr(),
-        };
+        for front in &fronts {
+            // QUIC and HTTPS share the port number on the relay's side as well.
+            front.set_upstream(relay.local_addr());
+        }
+        let addr = fronts
+            .first()
+            .map(|f| f.local_addr())
+            .unwrap_or(relay.local_addr());
         relays.push(serde_json::json!({
             "name": name,
             "region": region,
             "addr": addr.to_string(),
-            // HTTPS runs on the relay's own TCP port, not behind the emulator.
-            "web_port": relay.local_addr().port(),
+            // HTTPS shares the advertised port (on the relay, or its fronts).
+            "web_port": addr.port(),
             "apps_domain": format!("apps.{region}.localhost"),
             "admin_addr": relay.admin_addr().map(|a| a.to_string()),
             "rtt_from_home_ms": rtt_from_home.map(|d| d.as_secs_f64() * 1000.0),
@@ -355,13 +368,6 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
     let terminal_url = format!("https://terminal--{workspace}.{apps_domain}:{web_port}/");
     println!("    app URL      {app_url}");
     println!("    terminal URL {terminal_url}");
-    if args.topology.is_some() {
-        // Relays listen on their region's loopback address, which *.localhost names do
-        // not resolve to, and their HTTPS has no front on the emulator yet.
-        println!(
-            "                 (not with --topology yet: relays' HTTPS is not behind the emulator)"
-        );
-    }
     println!(
         "                 (browser sign-in: `{DEV_USER}`, password in {}; trust the CA {})",
         data_dir.join(DEV_PASSWORD_FILE).display(),

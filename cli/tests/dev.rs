@@ -5,6 +5,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use anyhow::Context;
 use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
@@ -190,6 +191,30 @@ async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::
         .map(|r| r["region"].as_str().unwrap())
         .collect();
     assert_eq!(regions, ["ap", "eu", "us"], "every location but home");
+
+    // Each relay's HTTPS (apps, terminal, the browser's RTT probe) is behind the
+    // emulator too, on its advertised port: ap's answer takes its emulated 150 ms.
+    let ap = &info["relays"][0];
+    let web_port = ap["web_port"].as_u64().context("web_port")?;
+    let ca = std::fs::read_to_string(dir.0.join("data").join("ca.pem"))?;
+    let web = web::WebClient::new(&ca, &[b"http/1.1"]);
+    let started = std::time::Instant::now();
+    let ping = web
+        .send(
+            web.request(
+                hyper::Method::GET,
+                &format!("https://127.0.0.1:{web_port}/.ferry/ping"),
+            )?
+            .body(web::empty())?,
+        )
+        .await?;
+    assert_eq!(ping.status, 204);
+    let took = started.elapsed();
+    let rtt = ap["rtt_from_home_ms"].as_f64().context("rtt")?;
+    assert!(
+        took.as_secs_f64() * 1000.0 >= rtt,
+        "ap's HTTPS answered in {took:?}, under its emulated {rtt} ms RTT"
+    );
 
     // The CLI, at home, sees eu (10 ms) as the nearest and the path goes there.
     let ping = Command::new(FERRY)
