@@ -298,6 +298,29 @@ mod tests {
     use super::*;
     use rustls::client::danger::ServerCertVerifier;
 
+    /// Whether rustls' own verifier accepts `leaf_pem`, signed by `ca_pem`, for `name`.
+    fn verifies(ca_pem: &str, leaf_pem: &str, name: &str) -> bool {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(parse_certs(ca_pem).unwrap().remove(0)).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider(),
+        )
+        .build()
+        .unwrap();
+        let chain = parse_certs(leaf_pem).unwrap();
+        let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        verifier
+            .verify_server_cert(
+                &chain[0],
+                &[],
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
+    }
+
     #[test]
     fn a_reloaded_ca_issues_certificates_that_chain_to_the_saved_one() {
         let dir = std::env::temp_dir().join(format!("ferry-certs-{}", std::process::id()));
@@ -308,29 +331,11 @@ mod tests {
         let leaf = again
             .issue(&["relay.test".into(), "127.0.0.1".into()], Usage::Server)
             .unwrap();
-        // Verify the leaf against the saved CA with rustls' own verifier.
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(parse_certs(first.cert_pem()).unwrap().remove(0))
-            .unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .unwrap();
-        let chain = parse_certs(&leaf.cert_pem).unwrap();
-        let now = rustls::pki_types::UnixTime::now();
+        // The leaf chains to the saved CA.
         for name in ["relay.test", "127.0.0.1"] {
-            let server_name = rustls::pki_types::ServerName::try_from(name).unwrap();
-            verifier
-                .verify_server_cert(&chain[0], &[], &server_name, &[], now)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(verifies(first.cert_pem(), &leaf.cert_pem, name), "{name}");
         }
-        let wrong = rustls::pki_types::ServerName::try_from("other.test").unwrap();
-        assert!(verifier
-            .verify_server_cert(&chain[0], &[], &wrong, &[], now)
-            .is_err());
+        assert!(!verifies(first.cert_pem(), &leaf.cert_pem, "other.test"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -343,24 +348,7 @@ mod tests {
                 Usage::ServerAndClient,
             )
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(parse_certs(ca.cert_pem()).unwrap().remove(0))
-            .unwrap();
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
-            Arc::new(roots),
-            provider(),
-        )
-        .build()
-        .unwrap();
-        let chain = parse_certs(&leaf.cert_pem).unwrap();
-        let now = rustls::pki_types::UnixTime::now();
-        let check = |name: &str| {
-            let server_name = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
-            verifier
-                .verify_server_cert(&chain[0], &[], &server_name, &[], now)
-                .is_ok()
-        };
+        let check = |name: &str| verifies(ca.cert_pem(), &leaf.cert_pem, name);
         assert!(check("8080--demo--dev.apps.eu.localhost"));
         assert!(check("terminal--demo--dev.apps.eu.localhost"));
         assert!(!check("apps.eu.localhost"));
