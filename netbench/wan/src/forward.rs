@@ -296,7 +296,8 @@ async fn open_flow(
     })
 }
 
-/// Sends each datagram at its time (jitter may reorder them, as on a real path).
+/// Sends each datagram at its time (the shaper hands out times in order; the heap
+/// keeps that order for equal times too).
 async fn datagram_delay_line(
     mut queue: mpsc::Receiver<(Instant, Vec<u8>)>,
     socket: Arc<UdpSocket>,
