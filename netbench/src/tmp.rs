@@ -34,6 +34,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        // The processes' logs live here; FERRY_NETBENCH_KEEP=1 keeps them to read.
+        if std::env::var_os("FERRY_NETBENCH_KEEP").is_some() {
+            eprintln!("kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -3,6 +3,7 @@
 //! two byte streams with half-close preserved, dialing a relay with a hello, and a
 //! small HTTPS client for the control plane's API.
 
+pub mod congestion;
 pub mod control_client;
 pub mod dial;
 pub mod frame_io;

@@ -11,6 +11,8 @@ use std::time::Duration;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{IdleTimeout, TransportConfig, VarInt};
 
+use crate::congestion::{QueueCeilingFactory, QueueConfig};
+
 /// Per-connection resource limits.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -26,6 +28,11 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// We send a keep-alive this often, so that NATs keep the path open.
     pub keep_alive: Duration,
+    /// How much standing queue our own sending may build on the path before the
+    /// window is capped ([`crate::congestion`]); `None` leaves quinn's plain CUBIC.
+    /// Without the cap, a bulk transfer fills the receiver's socket buffer and every
+    /// interactive stream on the connection waits behind it.
+    pub queue_ceiling: Option<QueueConfig>,
 }
 
 impl Limits {
@@ -65,6 +72,7 @@ impl Default for Limits {
             send_window: 16 * 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
+            queue_ceiling: QueueConfig::from_env(),
         }
     }
 }
@@ -80,6 +88,9 @@ impl Limits {
         t.send_window(self.send_window);
         t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
         t.keep_alive_interval(Some(self.keep_alive));
+        if let Some(config) = &self.queue_ceiling {
+            t.congestion_controller_factory(QueueCeilingFactory::new(config.clone()));
+        }
         t
     }
 }
