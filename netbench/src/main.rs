@@ -47,6 +47,10 @@ struct Cli {
     /// Do not compare with ssh -L
     #[arg(long, global = true)]
     skip_ssh: bool,
+    /// Put ferry's relays behind the WAN emulator with this topology (as `ferry dev
+    /// --topology`); ssh -L and socat, which would not cross it, are then skipped
+    #[arg(long, global = true)]
+    topology: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +296,7 @@ async fn run(cli: Cli) -> Result<()> {
     let opts = paths::Options {
         ferry_bin,
         skip_ssh: cli.skip_ssh,
+        topology: cli.topology.clone(),
     };
     let paths = Paths::setup(&opts, server.addr()).await?;
     let result = bench(&cli, &paths).await;

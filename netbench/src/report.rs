@@ -27,6 +27,10 @@ pub struct Report<S, T, C> {
     pub settings: S,
     pub ferry_relay: String,
     pub ssh_version: Option<String>,
+    /// The WAN emulator topology ferry's relays were behind, if any.
+    pub topology: Option<PathBuf>,
+    /// Whether ferry ran with its queue ceiling (`FERRY_QUEUE_CEILING=off` turns it off).
+    pub queue_ceiling: bool,
     /// Keyed `direct`, `ferry`, `ssh`.
     pub paths: BTreeMap<&'static str, Entry<T>>,
     pub comparison: C,
@@ -51,6 +55,8 @@ impl<S: Serialize, T: Serialize, C: Serialize> Report<S, T, C> {
             settings,
             ferry_relay: paths.ferry_relay.clone(),
             ssh_version: paths.ssh_version.clone(),
+            topology: paths.topology.clone(),
+            queue_ceiling: std::env::var("FERRY_QUEUE_CEILING").as_deref() != Ok("off"),
             paths: entries(paths, results),
             comparison,
         }

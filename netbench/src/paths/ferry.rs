@@ -116,7 +116,12 @@ pub fn command(ferry: &Path, config: &Path) -> Command {
     cmd
 }
 
-pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward> {
+pub async fn start(
+    ferry: &Path,
+    tmp: &Path,
+    target_port: u16,
+    topology: Option<&Path>,
+) -> Result<Forward> {
     let config = tmp.join("config.toml");
     let ready = tmp.join("ready.json");
     let mut dev_cmd = command(ferry, &config);
@@ -134,6 +139,9 @@ pub async fn start(ferry: &Path, tmp: &Path, target_port: u16) -> Result<Forward
         ])
         .arg("--ready-file")
         .arg(&ready);
+    if let Some(topology) = topology {
+        dev_cmd.arg("--topology").arg(topology);
+    }
     let mut dev = Proc::spawn("ferry dev", dev_cmd, tmp.join("dev.log"), false)?;
 
     // dev writes the ready file (atomically) once the agent is connected.

@@ -43,6 +43,8 @@ impl ColdClient {
 pub struct Options {
     pub ferry_bin: PathBuf,
     pub skip_ssh: bool,
+    /// The WAN emulator's topology for ferry's relays, if any.
+    pub topology: Option<PathBuf>,
 }
 
 /// Whether a path can be measured.
@@ -69,6 +71,8 @@ pub struct Paths {
     pub ferry_relay: String,
     /// `ssh -V`, when ssh was used.
     pub ssh_version: Option<String>,
+    /// The WAN emulator topology ferry's relays are behind, if any.
+    pub topology: Option<PathBuf>,
     ferry: Option<ferry::Forward>,
     ssh: Option<ssh::Forward>,
     socat: Option<socat::Forward>,
@@ -88,9 +92,14 @@ impl Paths {
         }];
 
         eprintln!("starting ferry dev and ferry port-forward...");
-        let forward = ferry::start(&opts.ferry_bin, tmp.path(), server.port())
-            .await
-            .context("setting up the ferry path")?;
+        let forward = ferry::start(
+            &opts.ferry_bin,
+            tmp.path(),
+            server.port(),
+            opts.topology.as_deref(),
+        )
+        .await
+        .context("setting up the ferry path")?;
         crate::client::check(forward.addr)
             .await
             .context("first echo through ferry port-forward")?;
@@ -115,8 +124,11 @@ impl Paths {
         });
 
         let mut ssh_version = None;
+        let behind_emulator = "skipped (--topology: only ferry crosses the WAN emulator)";
         let (ssh_state, ssh) = if opts.skip_ssh {
             (State::Skipped("skipped (--skip-ssh)".into()), None)
+        } else if opts.topology.is_some() {
+            (State::Skipped(behind_emulator.into()), None)
         } else if let Some(tools) = ssh::Tools::find() {
             eprintln!("starting sshd and ssh -L...");
             ssh_version = tools.version();
@@ -137,6 +149,7 @@ impl Paths {
         });
 
         let (socat_state, socat) = match socat::find() {
+            _ if opts.topology.is_some() => (State::Skipped(behind_emulator.into()), None),
             None => (State::Skipped("skipped (socat not installed)".into()), None),
             Some(bin) => {
                 eprintln!("starting socat...");
@@ -170,6 +183,7 @@ impl Paths {
             list,
             ferry_relay,
             ssh_version,
+            topology: opts.topology.clone(),
             ferry: Some(forward),
             ssh,
             socat,
