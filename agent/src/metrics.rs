@@ -26,6 +26,7 @@ const TARGETS: [&str; 3] = ["port", "ssh", "terminal"];
 /// call once the recorder is installed (metrics recorded before it are lost).
 pub fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    ferry_transport::congestion::describe_metrics();
     describe_gauge!(
         RELAY_CONNECTIONS,
         Unit::Count,

@@ -72,7 +72,7 @@ async fn a_download_does_not_queue_an_echo_behind_it() -> Result<()> {
     let mut wan = Wan::new(NARROW_LINK)?;
     let mut net = Network::start("queueing").await?;
     net.start_relay_behind(&mut wan, "eu-1", "eu", &[]).await?;
-    net.start_agent(WORKSPACE, &[]).await?;
+    let agent_admin = net.start_agent_with_admin(WORKSPACE, &[]).await?;
     let user = net.mint(TokenKind::User, "dev", None).await?;
     net.wait_for_agent(WORKSPACE, &user).await?;
 
@@ -111,6 +111,12 @@ async fn a_download_does_not_queue_an_echo_behind_it() -> Result<()> {
         loaded < unloaded + Duration::from_millis(250),
         "beside a download an echo took {loaded:?} (p50), {unloaded:?} without"
     );
+    // And it was the ceiling that kept the queue short: the agent, which sends the
+    // download, counted its cuts.
+    let cuts = scrape(agent_admin)
+        .await?
+        .sum("ferry_quic_queue_ceiling_cuts_total", &[]);
+    assert!(cuts > 0.0, "the agent never lowered its window");
     Ok(())
 }
 

@@ -303,3 +303,65 @@ async fn a_pinned_agent_falls_back_while_its_region_is_down_and_returns() -> Res
     assert_eq!(choices_in_log(&net), ["us", "eu", "us"]);
     Ok(())
 }
+
+/// ap's UDP is dropped on the way (loss = 1: a firewall that lets only TCP through).
+const NO_UDP_TO_AP: &str = r#"
+    [locations]
+    home = "127.0.0.1"
+    eu = "127.0.1.1"
+    ap = "127.0.3.1"
+    [[link]]
+    between = ["home", "eu"]
+    rtt_ms = 10
+    [[link]]
+    between = ["home", "ap"]
+    rtt_ms = 40
+    loss = 1.0
+    [[link]]
+    between = ["eu", "ap"]
+    rtt_ms = 40
+"#;
+
+/// A relay that QUIC cannot reach is still measured, over its HTTPS `/.ferry/ping`
+/// through the same advertised port, and is not chosen over one that QUIC reaches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_region_without_udp_is_measured_over_https() -> Result<()> {
+    let mut wan = Wan::new(NO_UDP_TO_AP)?;
+    let mut net = Network::start("selection-no-udp").await?;
+    for (relay, region) in [("eu-1", "eu"), ("ap-1", "ap")] {
+        net.start_relay_behind(&mut wan, relay, region, &[]).await?;
+    }
+    net.start_agent(WORKSPACE, &["--probe-ms", "200"]).await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    wait_for_agent_in(&net, &user, "eu").await?;
+
+    let (ok, out, err) = net
+        .ferry_client(
+            &user,
+            &["ping", "--json", "-c", "2", "--interval-ms", "100"],
+            &[],
+        )
+        .await?;
+    assert!(ok, "ferry ping failed: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+    let region = |name: &str| {
+        v["regions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["region"] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let (eu, ap) = (region("eu"), region("ap"));
+    assert_eq!(eu["via"], "quic", "{out}");
+    assert_eq!(ap["via"], "https", "{out}");
+    // The HTTPS ping crossed the emulated link: its 40 ms are a floor.
+    let ap_rtt = ap["rtt_us"].as_u64().context("ap has no RTT")?;
+    assert!(
+        ap_rtt >= 38_000,
+        "ap measured at {ap_rtt} us over HTTPS: {out}"
+    );
+    assert_eq!(v["chosen"], "eu", "{out}");
+    Ok(())
+}

@@ -97,6 +97,7 @@ pub(crate) struct RelayMetrics {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    ferry_transport::congestion::describe_metrics();
     describe_gauge!(
         CONNECTIONS,
         Unit::Count,

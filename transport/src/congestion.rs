@@ -27,6 +27,19 @@ use std::time::{Duration, Instant};
 use quinn_proto::congestion::{Controller, ControllerFactory, Cubic, CubicConfig};
 use quinn_proto::RttEstimator;
 
+/// Counter of ceiling cuts, one per round that found a standing queue of our own
+/// making: how often bulk traffic would otherwise have queued interactive traffic.
+pub const CUTS: &str = "ferry_quic_queue_ceiling_cuts_total";
+
+/// Describes this module's metrics; processes that export metrics call it once.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        CUTS,
+        metrics::Unit::Count,
+        "Times a QUIC sender found a standing queue of its own making and lowered its window (transport/src/congestion.rs)."
+    );
+}
+
 /// Tuning of the queue ceiling.
 #[derive(Debug, Clone)]
 pub struct QueueConfig {
@@ -286,6 +299,7 @@ impl Ceiling {
                 .min(round.max_in_flight.max(self.floor()));
             self.value = ((reference as f64 * ratio.max(0.2)) as u64).max(self.floor());
             self.skip_next_round = true;
+            metrics::counter!(CUTS).increment(1);
         } else if self.value != u64::MAX {
             // An eighth per round: doubling (as slow start would) overshoots into a
             // queue every few rounds, which the echo benchmark's p50 shows at once.

@@ -805,7 +805,10 @@ pub async fn scrape(addr: SocketAddr) -> Result<Scrape> {
 /// checked-in topologies).
 pub struct Wan {
     pub emulator: ferry_wan::Emulator,
+    /// Each relay's advertised front (UDP, for QUIC), by relay name.
     pub fronts: std::collections::HashMap<String, ferry_wan::Front>,
+    /// The TCP twin of each front, on the same port number, for the relay's HTTPS.
+    pub https_fronts: std::collections::HashMap<String, ferry_wan::Front>,
     cancel: tokio_util::sync::CancellationToken,
 }
 
@@ -816,6 +819,7 @@ impl Wan {
         Ok(Wan {
             emulator: ferry_wan::Emulator::new(topology, cancel.clone()),
             fronts: Default::default(),
+            https_fronts: Default::default(),
             cancel,
         })
     }
@@ -853,11 +857,27 @@ impl Network {
         let front = match wan.fronts.get(name) {
             Some(f) => f.clone(),
             None => {
-                let f = wan
-                    .emulator
-                    .udp_front(region, "127.0.0.1:0".parse()?, None)
-                    .await?;
+                // As in `ferry dev --topology`: the relay's HTTPS is on the TCP port
+                // numbered like its QUIC port, so the advertised port serves both.
+                // Another test may hold that TCP port; then take another UDP port (the
+                // abandoned front has no upstream and drops what reaches it).
+                let mut attempts = 0;
+                let (f, https) = loop {
+                    let f = wan
+                        .emulator
+                        .udp_front(region, "127.0.0.1:0".parse()?, None)
+                        .await?;
+                    match wan.emulator.tcp_front(region, f.local_addr(), None).await {
+                        Ok(https) => break (f, https),
+                        Err(e) if attempts < 20 => {
+                            attempts += 1;
+                            eprintln!("TCP port {} taken ({e}); another", f.local_addr());
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 wan.fronts.insert(name.to_string(), f.clone());
+                wan.https_fronts.insert(name.to_string(), https);
                 f
             }
         };
@@ -868,6 +888,7 @@ impl Network {
             .start_relay_with(name, region, &format!("{ip}:0"), &args)
             .await?;
         front.set_upstream(real);
+        wan.https_fronts[name].set_upstream(real);
         Ok(front.local_addr())
     }
 
