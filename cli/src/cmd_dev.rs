@@ -218,24 +218,8 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
             rtt_from_home = Some(emulator.topology().link(home, &region).rtt);
             // The relay's HTTPS (web apps, the terminal, the browser's RTT probe) is
             // on the TCP port numbered like its QUIC port, so its front is too: the
-            // advertised port then serves both, through the emulated link. When
-            // another program holds that TCP port, take another UDP port (the
-            // abandoned front has no upstream and drops what reaches it).
-            let mut attempts = 0;
-            let (quic, https) = loop {
-                let quic = emulator
-                    .udp_front(&region, ([127, 0, 0, 1], 0).into(), None)
-                    .await?;
-                match emulator.tcp_front(&region, quic.local_addr(), None).await {
-                    Ok(https) => break (quic, https),
-                    Err(_) if attempts < 20 => attempts += 1,
-                    Err(e) => {
-                        return Err(anyhow::Error::new(e).context(format!(
-                            "no port free for both UDP and TCP after {attempts} tries"
-                        )))
-                    }
-                }
-            };
+            // advertised port then serves both, through the emulated link.
+            let (quic, https) = emulator.twin_fronts(&region, [127, 0, 0, 1].into()).await?;
             config.listen = (ip, 0).into();
             config.advertise = Some(quic.local_addr());
             fronts = vec![quic, https];

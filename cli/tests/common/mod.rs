@@ -859,23 +859,10 @@ impl Network {
             None => {
                 // As in `ferry dev --topology`: the relay's HTTPS is on the TCP port
                 // numbered like its QUIC port, so the advertised port serves both.
-                // Another test may hold that TCP port; then take another UDP port (the
-                // abandoned front has no upstream and drops what reaches it).
-                let mut attempts = 0;
-                let (f, https) = loop {
-                    let f = wan
-                        .emulator
-                        .udp_front(region, "127.0.0.1:0".parse()?, None)
-                        .await?;
-                    match wan.emulator.tcp_front(region, f.local_addr(), None).await {
-                        Ok(https) => break (f, https),
-                        Err(e) if attempts < 20 => {
-                            attempts += 1;
-                            eprintln!("TCP port {} taken ({e}); another", f.local_addr());
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                };
+                let (f, https) = wan
+                    .emulator
+                    .twin_fronts(region, [127, 0, 0, 1].into())
+                    .await?;
                 wan.fronts.insert(name.to_string(), f.clone());
                 wan.https_fronts.insert(name.to_string(), https);
                 f

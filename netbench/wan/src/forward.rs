@@ -8,7 +8,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -119,12 +119,7 @@ impl Emulator {
         if let Some(up) = upstream {
             front.set_upstream(up);
         }
-        self.tasks.spawn(run_udp_front(
-            Arc::new(socket),
-            front.clone(),
-            self.topology.clone(),
-            self.cancel.clone(),
-        ));
+        self.serve_udp(socket, &front);
         Ok(front)
     }
 
@@ -145,13 +140,58 @@ impl Emulator {
         if let Some(up) = upstream {
             front.set_upstream(up);
         }
+        self.serve_tcp(listener, &front);
+        Ok(front)
+    }
+
+    /// A UDP front and a TCP front on the same port number of `ip`, for a server that
+    /// answers QUIC and HTTPS on one port (a relay): its one advertised address then
+    /// reaches both through the emulated link. When another program holds the TCP
+    /// port of the UDP port the kernel picked, another port is tried.
+    pub async fn twin_fronts(
+        &mut self,
+        location: &str,
+        ip: IpAddr,
+    ) -> Result<(Front, Front), WanError> {
+        let bind = SocketAddr::new(ip, 0);
+        let mut attempts = 0;
+        loop {
+            let socket = UdpSocket::bind(bind)
+                .await
+                .map_err(|source| WanError::Bind { addr: bind, source })?;
+            let addr = socket
+                .local_addr()
+                .map_err(|source| WanError::Bind { addr: bind, source })?;
+            match TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    let udp = self.front(location, addr)?;
+                    let tcp = self.front(location, addr)?;
+                    self.serve_udp(socket, &udp);
+                    self.serve_tcp(listener, &tcp);
+                    return Ok((udp, tcp));
+                }
+                Err(_) if attempts < 20 => attempts += 1,
+                Err(source) => return Err(WanError::Bind { addr, source }),
+            }
+        }
+    }
+
+    fn serve_udp(&mut self, socket: UdpSocket, front: &Front) {
+        self.tasks.spawn(run_udp_front(
+            Arc::new(socket),
+            front.clone(),
+            self.topology.clone(),
+            self.cancel.clone(),
+        ));
+    }
+
+    fn serve_tcp(&mut self, listener: TcpListener, front: &Front) {
         self.tasks.spawn(run_tcp_front(
             listener,
             front.clone(),
             self.topology.clone(),
             self.cancel.clone(),
         ));
-        Ok(front)
     }
 
     /// Waits until every front has stopped (after the cancellation token fired).

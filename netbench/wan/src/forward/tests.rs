@@ -189,3 +189,45 @@ async fn udp_loss_drops_datagrams() {
     // Half of 400 on average; far from both 0 and 400.
     assert!((100..300).contains(&received), "{received} of 400 arrived");
 }
+
+#[tokio::test]
+async fn twin_fronts_share_one_port_number_and_each_forwards_its_protocol() {
+    let (mut emu, cancel) = emulator();
+    let (udp, tcp) = emu
+        .twin_fronts("server", [127, 0, 0, 1].into())
+        .await
+        .unwrap();
+    assert_eq!(udp.local_addr(), tcp.local_addr());
+    // A server answering both protocols on one port, as a relay does.
+    let echo = udp_echo().await;
+    let listener = TcpListener::bind(echo).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = tcp.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    udp.set_upstream(echo);
+    tcp.set_upstream(echo);
+
+    let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    client.send_to(b"over udp", udp.local_addr()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+        .await
+        .expect("no UDP answer")
+        .unwrap();
+    assert_eq!(&buf[..n], b"over udp");
+
+    let mut stream = TcpStream::connect(tcp.local_addr()).await.unwrap();
+    stream.write_all(b"over tcp").await.unwrap();
+    let mut back = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut back))
+        .await
+        .expect("no TCP answer")
+        .unwrap();
+    assert_eq!(&back, b"over tcp");
+    cancel.cancel();
+}
