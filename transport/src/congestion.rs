@@ -15,10 +15,17 @@
 //! signal, so delayed ACKs and scheduling jitter on a busy host do not look like a
 //! queue.
 //!
+//! Delay alone cannot tell a queue from jitter. On a long path through networks nobody
+//! here controls (Wi-Fi, cellular), chasing jitter collapsed a download (85 → 8
+//! Mbit/s over an emulated 30 ms link with ±10 ms each way), so by default the ceiling
+//! acts only on paths whose base RTT is at most [`QueueConfig::max_base`] (3 ms): one
+//! host, one datacenter, one region, where a busy relay's socket buffer is the queue.
+//! Longer paths keep plain CUBIC unless `FERRY_QUEUE_CEILING=all`.
+//!
 //! The price is the one every delay-based controller pays: beside loss-based flows that
 //! fill a shared bottleneck buffer, this one backs off first. The ceiling never drops
-//! below [`QueueConfig::floor_packets`] packets, and [`crate::Limits::queue_target`] of
-//! `None` turns the ceiling off for operators who prefer plain CUBIC.
+//! below [`QueueConfig::floor_packets`] packets, and `FERRY_QUEUE_CEILING=off`
+//! ([`crate::Limits::queue_ceiling`] of `None`) leaves plain CUBIC everywhere.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -48,6 +55,13 @@ pub struct QueueConfig {
     /// bottleneck busy through jitter, a short one needs almost none.
     pub min_target: Duration,
     pub max_target: Duration,
+    /// Paths with a longer base RTT keep plain CUBIC. They cross networks nobody here
+    /// controls, whose jitter (Wi-Fi, cellular) delay alone cannot tell from a queue:
+    /// over an emulated 30 ms link with ±10 ms of jitter each way, chasing it brought
+    /// a download from 85 to 8 Mbit/s. Short paths (one host, one datacenter, one
+    /// region) are where a busy relay's socket buffer queues, and where this is safe.
+    /// `FERRY_QUEUE_CEILING=all` lifts the limit for links known to be steady.
+    pub max_base: Duration,
     /// The base RTT is the smallest sample over this window, so that a path that got
     /// longer (a re-route) is learned within this long.
     pub base_window: Duration,
@@ -63,6 +77,7 @@ impl Default for QueueConfig {
             // costs throughput. See BENCHMARKS.md.
             min_target: Duration::from_micros(100),
             max_target: Duration::from_millis(5),
+            max_base: Duration::from_millis(3),
             base_window: Duration::from_secs(10),
             floor_packets: 32,
         }
@@ -70,12 +85,17 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// The default, unless `FERRY_QUEUE_CEILING=off` asks for quinn's plain CUBIC: a
-    /// knob for operators whose bulk traffic competes with loss-based flows on a
-    /// shared bottleneck, and for comparing the two in benchmarks.
+    /// The default (short paths only), unless `FERRY_QUEUE_CEILING` says `off` (quinn's
+    /// plain CUBIC everywhere: for operators whose bulk traffic competes with
+    /// loss-based flows, and for comparing the two in benchmarks) or `all` (long paths
+    /// too, for links known to be free of jitter).
     pub fn from_env() -> Option<QueueConfig> {
         match std::env::var("FERRY_QUEUE_CEILING").as_deref() {
             Ok("off") => None,
+            Ok("all") => Some(QueueConfig {
+                max_base: Duration::MAX,
+                ..QueueConfig::default()
+            }),
             _ => Some(QueueConfig::default()),
         }
     }
@@ -286,6 +306,10 @@ impl Ceiling {
         let (Some(base), Some(min_sample)) = (self.base.get(), round.min_sample) else {
             return;
         };
+        if base > self.config.max_base {
+            self.value = u64::MAX;
+            return;
+        }
         let standing = min_sample.saturating_sub(base);
         let target = self.config.target(base);
 
@@ -365,9 +389,13 @@ mod tests {
 
     impl Path {
         fn new() -> Path {
+            Path::with(QueueConfig::default())
+        }
+
+        fn with(config: QueueConfig) -> Path {
             let now = Instant::now();
             Path {
-                ceiling: Ceiling::new(QueueConfig::default(), MTU, now),
+                ceiling: Ceiling::new(config, MTU, now),
                 now,
             }
         }
@@ -457,7 +485,10 @@ mod tests {
 
     #[test]
     fn a_longer_path_becomes_the_new_base() {
-        let mut path = Path::new();
+        let mut path = Path::with(QueueConfig {
+            max_base: Duration::MAX,
+            ..QueueConfig::default()
+        });
         path.round(BASE, 4_000_000, true);
         // The route changed: every sample is now 30 ms. At first that reads as a queue
         // and the ceiling comes down; once the old minimum has aged out (10 s window)
@@ -469,6 +500,25 @@ mod tests {
             value = path.round(longer, value.min(4_000_000), true);
         }
         assert_eq!(value, u64::MAX);
+    }
+
+    #[test]
+    fn a_long_path_keeps_plain_cubic() {
+        // 30 ms of base and delay that moves by 20: on a path like that, jitter and a
+        // queue look alike, so the ceiling stays out of the way.
+        let mut path = Path::new();
+        path.round(Duration::from_millis(30), 4_000_000, true);
+        for _ in 0..50 {
+            let rtt = Duration::from_millis(50);
+            assert_eq!(path.round(rtt, 4_000_000, true), u64::MAX);
+        }
+        // The same path, with the limit lifted (`FERRY_QUEUE_CEILING=all`), is cut.
+        let mut path = Path::with(QueueConfig {
+            max_base: Duration::MAX,
+            ..QueueConfig::default()
+        });
+        path.round(Duration::from_millis(30), 4_000_000, true);
+        assert!(path.round(Duration::from_millis(50), 4_000_000, true) < 4_000_000);
     }
 
     #[test]
