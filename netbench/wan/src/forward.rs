@@ -109,12 +109,7 @@ impl Emulator {
         bind: SocketAddr,
         upstream: Option<SocketAddr>,
     ) -> Result<Front, WanError> {
-        let socket = UdpSocket::bind(bind)
-            .await
-            .map_err(|source| WanError::Bind { addr: bind, source })?;
-        let addr = socket
-            .local_addr()
-            .map_err(|source| WanError::Bind { addr: bind, source })?;
+        let (socket, addr) = bind_udp(bind).await?;
         let front = self.front(location, addr)?;
         if let Some(up) = upstream {
             front.set_upstream(up);
@@ -156,12 +151,7 @@ impl Emulator {
         let bind = SocketAddr::new(ip, 0);
         let mut attempts = 0;
         loop {
-            let socket = UdpSocket::bind(bind)
-                .await
-                .map_err(|source| WanError::Bind { addr: bind, source })?;
-            let addr = socket
-                .local_addr()
-                .map_err(|source| WanError::Bind { addr: bind, source })?;
+            let (socket, addr) = bind_udp(bind).await?;
             match TcpListener::bind(addr).await {
                 Ok(listener) => {
                     let udp = self.front(location, addr)?;
@@ -334,6 +324,17 @@ async fn open_flow(
         queue: to_server_tx,
         task,
     })
+}
+
+/// A UDP socket bound to `bind`, and the address it got.
+async fn bind_udp(bind: SocketAddr) -> Result<(UdpSocket, SocketAddr), WanError> {
+    let socket = UdpSocket::bind(bind)
+        .await
+        .map_err(|source| WanError::Bind { addr: bind, source })?;
+    let addr = socket
+        .local_addr()
+        .map_err(|source| WanError::Bind { addr: bind, source })?;
+    Ok((socket, addr))
 }
 
 /// Sends each datagram at its time (the shaper hands out times in order; the heap
