@@ -29,8 +29,9 @@ pub struct Report<S, T, C> {
     pub ssh_version: Option<String>,
     /// The WAN emulator topology ferry's relays were behind, if any.
     pub topology: Option<PathBuf>,
-    /// Whether ferry ran with its queue ceiling (`FERRY_QUEUE_CEILING=off` turns it off).
-    pub queue_ceiling: bool,
+    /// Where ferry's queue ceiling acted (`FERRY_QUEUE_CEILING`, read the way ferry
+    /// reads it): "off", "all paths", or the base RTT up to which it acts.
+    pub queue_ceiling: String,
     /// Keyed `direct`, `ferry`, `ssh`.
     pub paths: BTreeMap<&'static str, Entry<T>>,
     pub comparison: C,
@@ -56,7 +57,11 @@ impl<S: Serialize, T: Serialize, C: Serialize> Report<S, T, C> {
             ferry_relay: paths.ferry_relay.clone(),
             ssh_version: paths.ssh_version.clone(),
             topology: paths.topology.clone(),
-            queue_ceiling: std::env::var("FERRY_QUEUE_CEILING").as_deref() != Ok("off"),
+            queue_ceiling: match ferry_transport::congestion::QueueConfig::from_env() {
+                None => "off".into(),
+                Some(c) if c.max_base == std::time::Duration::MAX => "all paths".into(),
+                Some(c) => format!("paths with a base RTT up to {:?}", c.max_base),
+            },
             paths: entries(paths, results),
             comparison,
         }
