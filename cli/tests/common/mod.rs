@@ -502,7 +502,18 @@ impl Network {
             match route {
                 Ok(route) => return Ok(route),
                 Err(e) if Instant::now() > deadline => {
-                    bail!("agent for {workspace} never connected: {e}")
+                    // Agents started by tests log to `agent-WORKSPACE.log`: its end says
+                    // why (no relay answered, token refused, ...), and the directory
+                    // is gone once the test fails.
+                    let log = self.dir.0.join(format!("agent-{workspace}.log"));
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    bail!(
+                        "agent for {workspace} never connected: {e}\n{}:\n{}",
+                        log.display(),
+                        tail.join("\n")
+                    )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
             }
