@@ -472,6 +472,16 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         )
         .await;
     assert_eq!(code(r), (404, "unknown_relay".into()));
+    // And before it reports its directory.
+    let r = p
+        .client
+        .put(
+            "/api/v1/directory",
+            Some(&relay),
+            &DirectorySnapshot::default(),
+        )
+        .await;
+    assert_eq!(code(r), (404, "unknown_relay".into()));
     let reg = RegisterRelayRequest {
         region: "eu".into(),
         quic_addr: "127.0.0.1:4433".into(),
@@ -517,7 +527,6 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             Some(&relay),
             &HeartbeatRequest {
                 agents: 1,
-                workspaces: None,
                 ..Default::default()
             },
         )
@@ -583,17 +592,12 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         .await;
     assert_eq!(code(r), (403, "wrong_token_kind".into()));
 
-    // A heartbeat with a directory snapshot replaces the relay's entries.
-    let _: HeartbeatResponse = p
-        .client
-        .post(
-            "/api/v1/relays/heartbeat",
+    // A directory snapshot replaces the relay's entries.
+    p.client
+        .put(
+            "/api/v1/directory",
             Some(&relay),
-            &HeartbeatRequest {
-                agents: 0,
-                workspaces: Some(vec![]),
-                ..Default::default()
-            },
+            &DirectorySnapshot::default(),
         )
         .await
         .unwrap();
@@ -602,15 +606,13 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         .get::<RouteResponse>("/api/v1/workspaces/demo--alice/route", Some(&alice))
         .await;
     assert_eq!(code(r), (404, "agent_not_connected".into()));
-    let _: HeartbeatResponse = p
-        .client
-        .post(
-            "/api/v1/relays/heartbeat",
+    p.client
+        .put(
+            "/api/v1/directory",
             Some(&relay),
-            &HeartbeatRequest {
-                agents: 1,
-                workspaces: Some(vec!["demo--alice".into()]),
-                ..Default::default()
+            &DirectorySnapshot {
+                workspaces: vec!["demo--alice".into()],
+                standby: vec![],
             },
         )
         .await
@@ -621,16 +623,35 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
         .await
         .unwrap();
     assert_eq!(route.relay.name, "eu-1");
+    for bad in [
+        DirectorySnapshot {
+            workspaces: vec!["not a label".into()],
+            standby: vec![],
+        },
+        DirectorySnapshot {
+            workspaces: vec![],
+            standby: vec!["not a label".into()],
+        },
+    ] {
+        let r = p.client.put("/api/v1/directory", Some(&relay), &bad).await;
+        assert_eq!(code(r), (400, "bad_request".into()), "{bad:?}");
+    }
+    let r = p
+        .client
+        .put(
+            "/api/v1/directory",
+            Some(&alice),
+            &DirectorySnapshot::default(),
+        )
+        .await;
+    assert_eq!(code(r), (403, "wrong_token_kind".into()));
+    // The old place of the snapshot is refused, not silently ignored.
     let r = p
         .client
         .post::<_, HeartbeatResponse>(
             "/api/v1/relays/heartbeat",
             Some(&relay),
-            &HeartbeatRequest {
-                agents: 1,
-                workspaces: Some(vec!["not a label".into()]),
-                ..Default::default()
-            },
+            &serde_json::json!({"agents": 1, "workspaces": ["demo--alice"]}),
         )
         .await;
     assert_eq!(code(r), (400, "bad_request".into()));
@@ -1238,6 +1259,11 @@ async fn the_openapi_document_covers_every_route() {
                     .post::<_, serde_json::Value>(&path, None, &serde_json::json!({}))
                     .await
             }
+            "put" => p
+                .client
+                .put(&path, None, &serde_json::json!({}))
+                .await
+                .map(|()| serde_json::Value::Null),
             "delete" => p
                 .client
                 .delete(&path, None)

@@ -128,6 +128,21 @@ pub struct DirectoryUpdate {
     pub standby: bool,
 }
 
+/// `PUT /api/v1/directory` (relay token): every workspace whose agent is on the relay
+/// now. The control plane replaces the relay's directory entries with it, repairing
+/// updates lost while it was unreachable. A relay sends it through the same ordered
+/// queue as its [`DirectoryUpdate`]s, one request at a time, so a snapshot never
+/// overtakes an update or is overtaken by one.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorySnapshot {
+    pub workspaces: Vec<String>,
+    /// Those of `workspaces` whose agent holds this relay as its standby; the rest are
+    /// owned here.
+    #[serde(default)]
+    pub standby: Vec<String>,
+}
+
 /// One workspace in the directory: its home region and the relays holding its agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirectoryRecord {
@@ -301,15 +316,6 @@ pub struct RevocationsResponse {
 pub struct HeartbeatRequest {
     /// Agents connected right now.
     pub agents: u64,
-    /// Every workspace whose agent is on this relay, sent after the relay starts or
-    /// loses the control plane for a while: the control plane then replaces this
-    /// relay's directory entries with it, repairing updates lost meanwhile.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub workspaces: Option<Vec<String>>,
-    /// Those of `workspaces` whose agent holds this relay as its standby; the rest are
-    /// owned here.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub standby: Vec<String>,
     /// The `digest` of the keys and revocations the relay holds. With `wait_secs` the
     /// answer is held until they change or that long has passed (a long poll), so
     /// revocations reach relays at once with few requests.

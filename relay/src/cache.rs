@@ -211,10 +211,11 @@ pub(crate) async fn sync(
 ) {
     let mut enroll = (!enrolled).then(|| enrollment.clone());
     let mut last: Option<(Vec<PublicKey>, Vec<Revoked>)> = None;
-    // Send the full directory on the first heartbeat, after any failed one (agent
-    // updates may have been lost while the control plane was unreachable), and every
-    // RESYNC_EVERY heartbeats (an update racing a snapshot may have been undone).
-    let mut resync = true;
+    // Ask the directory reporter for a full snapshot after the control plane was
+    // unreachable or forgot us (it may have lost entries the reporter does not know
+    // about: a restored database), and every RESYNC_INTERVAL as a safety net. The
+    // reporter sends one at start by itself.
+    let mut resync = false;
     let mut last_resync = tokio::time::Instant::now();
     // The digest of what we hold, once the control plane long-polls; until then, and
     // after any failure, pause between heartbeats.
@@ -233,25 +234,10 @@ pub(crate) async fn sync(
         if last_resync.elapsed() >= RESYNC_INTERVAL {
             resync = true;
         }
-        let snapshot = if resync {
-            shared.agents.workspaces()
-        } else {
-            Default::default()
-        };
         let request = HeartbeatRequest {
             agents: shared.agents.len() as u64,
-            workspaces: resync.then(|| snapshot.0.clone()),
-            standby: if resync {
-                snapshot.1.clone()
-            } else {
-                Vec::new()
-            },
             known: known.clone(),
-            wait_secs: if known.is_some() && !resync {
-                LONG_POLL_SECS
-            } else {
-                0
-            },
+            wait_secs: if known.is_some() { LONG_POLL_SECS } else { 0 },
             draining: shared.drain.is_draining(),
             streams: shared.drain.open_streams() as u64,
             bytes: shared
@@ -271,6 +257,7 @@ pub(crate) async fn sync(
                 Ok(_) => {
                     tracing::info!("enrolled with the control plane");
                     enroll = None;
+                    resync = true;
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "enrolling failed");
@@ -284,6 +271,7 @@ pub(crate) async fn sync(
         {
             Ok(r) => {
                 if resync {
+                    shared.directory.resync();
                     resync = false;
                     last_resync = tokio::time::Instant::now();
                 }

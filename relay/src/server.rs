@@ -277,9 +277,7 @@ impl Relay {
         let mut background = JoinSet::new();
         // The reporter outlives the other tasks by a flush (see `run`): its own token.
         let reporter_stop = CancellationToken::new();
-        let (reporter, report_task) =
-            directory::reporter(control.clone(), config.token.clone(), reporter_stop.clone());
-        background.spawn(report_task);
+        let (reporter, report_task) = directory::reporter();
         let shared = Arc::new(Shared {
             name: config.name.clone(),
             stream_allowance: config.limits.max_incoming_streams,
@@ -308,6 +306,21 @@ impl Relay {
             ),
             load: crate::load::Load::new(config.max_streams, config.max_connections),
         });
+        {
+            let shared = shared.clone();
+            let sink = directory::ControlSink {
+                control: control.clone(),
+                token: config.token.clone(),
+            };
+            let snapshot = move || {
+                let (workspaces, standby) = shared.agents.workspaces();
+                ferry_proto::api::DirectorySnapshot {
+                    workspaces,
+                    standby,
+                }
+            };
+            background.spawn(report_task.run(sink, snapshot, reporter_stop.clone()));
+        }
         // Know the map before the first agent arrives, so its role is reported right.
         if let Err(e) = shared.view.refresh_map().await {
             tracing::warn!(error = %e, "no region map yet");

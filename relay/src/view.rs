@@ -177,8 +177,6 @@ impl View {
 pub(crate) fn beat(shared: &Shared) -> HeartbeatRequest {
     HeartbeatRequest {
         agents: shared.agents.len() as u64,
-        workspaces: None,
-        standby: Vec::new(),
         known: None,
         wait_secs: 0,
         draining: shared.drain.is_draining(),

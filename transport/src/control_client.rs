@@ -113,6 +113,20 @@ impl ControlClient {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// `PUT path` with a JSON body; success is any 2xx.
+    pub async fn put<B: Serialize>(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &B,
+    ) -> Result<(), ControlError> {
+        let body =
+            serde_json::to_vec(body).map_err(|e| ControlError::BadResponse(e.to_string()))?;
+        self.call::<serde_json::Value>(Method::PUT, path, token, Some(body))
+            .await
+            .map(|_| ())
+    }
+
     /// `DELETE path`; success is any 2xx.
     pub async fn delete(&self, path: &str, token: Option<&str>) -> Result<(), ControlError> {
         self.call::<serde_json::Value>(Method::DELETE, path, token, None)

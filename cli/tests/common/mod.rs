@@ -411,7 +411,16 @@ impl Network {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                bail!("{workspace} is on {got:?}, expected {want:?}");
+                // The agent's log says which links it tried and why they failed; the
+                // missing relays' logs say whether they saw it and reported it.
+                let mut logs = vec![self.log_tail(&format!("agent-{workspace}"), 30)];
+                for relay in want.iter().filter(|r| !got.iter().any(|g| g == *r)) {
+                    logs.push(self.log_tail(&format!("relay-{relay}"), 30));
+                }
+                bail!(
+                    "{workspace} is on {got:?}, expected {want:?}\n{}",
+                    logs.join("\n")
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -488,6 +497,17 @@ impl Network {
         Ok(info["admin_addr"].as_str().context("admin")?.parse()?)
     }
 
+    /// The last `lines` lines of process `name`'s log (`NAME.log` in the test's
+    /// directory), headed by its path: failures quote it, since the directory is
+    /// removed when the test ends.
+    pub fn log_tail(&self, name: &str, lines: usize) -> String {
+        let log = self.dir.0.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let mut tail: Vec<&str> = text.lines().rev().take(lines).collect();
+        tail.reverse();
+        format!("{}:\n{}", log.display(), tail.join("\n"))
+    }
+
     /// Polls the control plane until `workspace` has a connected agent.
     pub async fn wait_for_agent(&self, workspace: &str, user_token: &str) -> Result<RouteResponse> {
         let client = self.control_client();
@@ -505,14 +525,9 @@ impl Network {
                     // Agents started by tests log to `agent-WORKSPACE.log`: its end says
                     // why (no relay answered, token refused, ...), and the directory
                     // is gone once the test fails.
-                    let log = self.dir.0.join(format!("agent-{workspace}.log"));
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
                     bail!(
-                        "agent for {workspace} never connected: {e}\n{}:\n{}",
-                        log.display(),
-                        tail.join("\n")
+                        "agent for {workspace} never connected: {e}\n{}",
+                        self.log_tail(&format!("agent-{workspace}"), 20)
                     )
                 }
                 Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,

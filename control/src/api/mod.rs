@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::DefaultBodyLimit;
+use axum::handler::Handler;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -38,8 +39,8 @@ pub(crate) use measurements::now_ms;
 /// Request bodies are small JSON documents; anything larger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
 
-/// A heartbeat may carry a relay's whole directory (~60 bytes per agent).
-pub const MAX_HEARTBEAT_BODY: usize = 8 * 1024 * 1024;
+/// A relay's directory snapshot lists every agent on it (~60 bytes per agent).
+pub const MAX_SNAPSHOT_BODY: usize = 8 * 1024 * 1024;
 
 /// The checked-in OpenAPI document, served as it is.
 pub const OPENAPI: &str = include_str!("../../openapi.json");
@@ -62,6 +63,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/relays/heartbeat"),
     ("post", "/api/v1/directory"),
     ("get", "/api/v1/directory"),
+    ("put", "/api/v1/directory"),
     ("get", "/api/v1/relays/load"),
     ("post", "/api/v1/measurements"),
     ("get", "/api/v1/measurements"),
@@ -265,14 +267,12 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/api/v1/revocations", get(relays::revocations))
         .route("/api/v1/regions", get(relays::regions))
         .route("/api/v1/relays/register", post(relays::register_relay))
-        .route(
-            "/api/v1/relays/heartbeat",
-            // A relay's directory snapshot lists every agent on it.
-            post(relays::heartbeat).layer(DefaultBodyLimit::max(MAX_HEARTBEAT_BODY)),
-        )
+        .route("/api/v1/relays/heartbeat", post(relays::heartbeat))
         .route(
             "/api/v1/directory",
-            post(relays::directory_update).get(relays::directory),
+            post(relays::directory_update)
+                .get(relays::directory)
+                .put(relays::directory_snapshot.layer(DefaultBodyLimit::max(MAX_SNAPSHOT_BODY))),
         )
         .route("/api/v1/relays/load", get(measurements::relay_load))
         .route(

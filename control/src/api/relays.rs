@@ -173,17 +173,6 @@ pub(crate) async fn heartbeat(
         ));
     }
     super::measurements::record_load(&state, &claims.sub, &req).await?;
-    if let Some(workspaces) = req.workspaces {
-        for w in &workspaces {
-            WorkspaceLabel::parse(w)
-                .map_err(|e| ApiError::bad_request(format!("workspaces: {e}")))?;
-        }
-        state
-            .store()
-            .replace_directory(&claims.sub, &workspaces, &req.standby, now())
-            .await?;
-        tracing::debug!(relay = %claims.sub, agents = workspaces.len(), "directory resynchronised");
-    }
     // Long poll: hold the answer while the relay is up to date.
     let wait = Duration::from_secs(u64::from(req.wait_secs.min(MAX_HEARTBEAT_WAIT_SECS)));
     let deadline = tokio::time::Instant::now() + wait;
@@ -295,6 +284,31 @@ pub(crate) async fn directory_update(
             update.standby,
         )
         .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PUT /api/v1/directory`: the relay's whole directory, replacing its entries.
+pub(crate) async fn directory_snapshot(
+    AxState(state): AxState<Arc<State>>,
+    headers: HeaderMap,
+    req: Result<Json<DirectorySnapshot>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let claims = authorize(&state, &headers, &[TokenKind::Relay]).await?;
+    let snapshot = body(req)?;
+    for w in snapshot.workspaces.iter().chain(&snapshot.standby) {
+        WorkspaceLabel::parse(w).map_err(|e| ApiError::bad_request(format!("workspaces: {e}")))?;
+    }
+    if !state.store().heartbeat(&claims.sub, now(), false).await? {
+        return Err(ApiError::not_found(
+            "unknown_relay",
+            format!("relay `{}` is not enrolled; register it first", claims.sub),
+        ));
+    }
+    state
+        .store()
+        .replace_directory(&claims.sub, &snapshot.workspaces, &snapshot.standby, now())
+        .await?;
+    tracing::debug!(relay = %claims.sub, agents = snapshot.workspaces.len(), "directory resynchronised");
     Ok(StatusCode::NO_CONTENT)
 }
 
