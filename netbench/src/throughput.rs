@@ -73,6 +73,16 @@ pub struct Parallel {
 pub struct Comparison {
     pub ferry_over: BTreeMap<&'static str, Ratios>,
     pub cpu_over_ssh: BTreeMap<&'static str, Ratios>,
+    /// What one mesh hop costs: the mesh path over the owner relay's, in speed and in
+    /// CPU per byte (issue 4's target: speed at least 0.85x).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mesh_hop: Option<MeshHop>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct MeshHop {
+    pub speed: Ratios,
+    pub cpu: Ratios,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -303,6 +313,12 @@ fn compare(results: &BTreeMap<&str, PathResult>) -> Comparison {
                 .insert(key, ratios(results, "ferry", key, speed));
         }
     }
+    if results.contains_key("ferry_mesh") && results.contains_key("ferry") {
+        comparison.mesh_hop = Some(MeshHop {
+            speed: ratios(results, "ferry_mesh", "ferry", speed),
+            cpu: ratios(results, "ferry_mesh", "ferry", cpu_cost),
+        });
+    }
     if results.contains_key("ssh") {
         for key in ["ferry", "socat"] {
             if results.contains_key(key) {
@@ -396,11 +412,20 @@ fn print(
     for (key, r) in &comparison.ferry_over {
         println!("ferry speed / {key}: {}", line(r));
     }
+    if let Some(hop) = &comparison.mesh_hop {
+        println!("one mesh hop, speed / owner relay's: {}", line(&hop.speed));
+    }
     println!();
     println!("CPU of each path's processes per byte moved (ns/B; ferry: dev + port-forward, ssh: ssh + sshd, socat: socat and its children):");
     cpu_table.print();
     for (key, r) in &comparison.cpu_over_ssh {
         println!("{key} CPU / ssh -L CPU: {}", line(r));
+    }
+    if let Some(hop) = &comparison.mesh_hop {
+        println!(
+            "one mesh hop, CPU per byte / owner relay's: {}",
+            line(&hop.cpu)
+        );
     }
     report::print_unmeasured(paths);
 }

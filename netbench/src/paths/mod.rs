@@ -195,7 +195,8 @@ impl Paths {
     /// `direct`, which has none.
     pub fn pids(&self, key: &str) -> Vec<u32> {
         match key {
-            "ferry" => self.ferry.as_ref().map(|f| f.pids()).unwrap_or_default(),
+            // The same processes: the mesh path adds a hop inside `ferry dev`.
+            "ferry" | "ferry_mesh" => self.ferry.as_ref().map(|f| f.pids()).unwrap_or_default(),
             "ssh" => self.ssh.as_ref().map(|f| f.pids()).unwrap_or_default(),
             "socat" => self
                 .socat
