@@ -167,10 +167,7 @@ pub(crate) async fn heartbeat(
         .heartbeat(&claims.sub, now(), req.draining)
         .await?
     {
-        return Err(ApiError::not_found(
-            "unknown_relay",
-            format!("relay `{}` is not enrolled; register it first", claims.sub),
-        ));
+        return Err(unknown_relay(&claims.sub));
     }
     super::measurements::record_load(&state, &claims.sub, &req).await?;
     // Long poll: hold the answer while the relay is up to date.
@@ -204,6 +201,15 @@ pub(crate) async fn heartbeat(
             _ = state.stopping.cancelled() => {}
         }
     }
+}
+
+/// A relay token whose relay never enrolled (or was forgotten: a restored database).
+/// Relays answer it by enrolling again.
+fn unknown_relay(name: &str) -> ApiError {
+    ApiError::not_found(
+        "unknown_relay",
+        format!("relay `{name}` is not enrolled; register it first"),
+    )
 }
 
 /// Longest a heartbeat is held; well under the relay's healthy interval.
@@ -299,10 +305,7 @@ pub(crate) async fn directory_snapshot(
         WorkspaceLabel::parse(w).map_err(|e| ApiError::bad_request(format!("workspaces: {e}")))?;
     }
     if !state.store().heartbeat(&claims.sub, now(), false).await? {
-        return Err(ApiError::not_found(
-            "unknown_relay",
-            format!("relay `{}` is not enrolled; register it first", claims.sub),
-        ));
+        return Err(unknown_relay(&claims.sub));
     }
     state
         .store()
