@@ -588,19 +588,42 @@ impl Store {
     /// Replaces every directory entry of `relay` with `workspaces` (a full snapshot
     /// from the relay: those in `standby` as standby, the rest as owned), in one
     /// transaction. An owner claim demotes another owner, as in [`Self::set_directory`].
+    ///
+    /// Only the differences are written: relays send their snapshot every 30 s as a
+    /// safety net, and with thousands of agents per relay, rewriting every row each
+    /// time would be most of the store's write load while nothing changed. Returns
+    /// how many entries were added, changed or removed.
     pub async fn replace_directory(
         &self,
         relay: &str,
         workspaces: &[String],
         standby: &[String],
         now: i64,
-    ) -> Result<(), StoreError> {
-        with_pool!(self, pool => {
+    ) -> Result<usize, StoreError> {
+        let standby: std::collections::HashSet<&str> = standby.iter().map(String::as_str).collect();
+        let wanted: std::collections::HashMap<&str, bool> = workspaces
+            .iter()
+            .map(|w| (w.as_str(), standby.contains(w.as_str())))
+            .collect();
+        let changes = with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("DELETE FROM directory WHERE relay = $1")
-                .bind(relay).execute(&mut *tx).await?;
-            for workspace in workspaces {
-                let is_standby = standby.contains(workspace);
+            let rows = sqlx::query("SELECT workspace, standby FROM directory WHERE relay = $1")
+                .bind(relay).fetch_all(&mut *tx).await?;
+            let mut held = std::collections::HashMap::with_capacity(rows.len());
+            for row in &rows {
+                let workspace: String = row.try_get("workspace")?;
+                held.insert(workspace, row.try_get::<i64, _>("standby")? != 0);
+            }
+            let mut changes = 0;
+            for workspace in held.keys().filter(|w| !wanted.contains_key(w.as_str())) {
+                sqlx::query("DELETE FROM directory WHERE workspace = $1 AND relay = $2")
+                    .bind(workspace).bind(relay).execute(&mut *tx).await?;
+                changes += 1;
+            }
+            for (&workspace, &is_standby) in &wanted {
+                if held.get(workspace) == Some(&is_standby) {
+                    continue;
+                }
                 if !is_standby {
                     sqlx::query("UPDATE directory SET standby = 1 WHERE workspace = $1 AND standby = 0")
                         .bind(workspace).execute(&mut *tx).await?;
@@ -609,10 +632,12 @@ impl Store {
                     "INSERT INTO directory (workspace, relay, standby, updated_at) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (workspace, relay) DO UPDATE SET standby = excluded.standby, updated_at = excluded.updated_at")
                     .bind(workspace).bind(relay).bind(i64::from(is_standby)).bind(now).execute(&mut *tx).await?;
+                changes += 1;
             }
             tx.commit().await?;
+            changes
         });
-        Ok(())
+        Ok(changes)
     }
 
     /// The relays a workspace's agent is on, its owner (primary) first.

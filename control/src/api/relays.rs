@@ -307,11 +307,11 @@ pub(crate) async fn directory_snapshot(
     if !state.store().heartbeat(&claims.sub, now(), false).await? {
         return Err(unknown_relay(&claims.sub));
     }
-    state
+    let changes = state
         .store()
         .replace_directory(&claims.sub, &snapshot.workspaces, &snapshot.standby, now())
         .await?;
-    tracing::debug!(relay = %claims.sub, agents = snapshot.workspaces.len(), "directory resynchronised");
+    tracing::debug!(relay = %claims.sub, agents = snapshot.workspaces.len(), changes, "directory resynchronised");
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -244,8 +244,38 @@ async fn keys_relays_and_directory() {
             ["eu-2", "eu-1"],
             "{b}"
         );
-        store.replace_directory("eu-1", &[], &[], 7).await.unwrap();
+        // Only differences are written: the same snapshot again changes nothing; a
+        // role that changed is rewritten, and claiming ownership demotes the owner.
+        let snapshot = ["c--x".to_string(), "b--x".to_string()];
+        let standby = ["b--x".to_string()];
+        assert_eq!(
+            store
+                .replace_directory("eu-1", &snapshot, &standby, 7)
+                .await
+                .unwrap(),
+            0,
+            "{b}"
+        );
+        assert_eq!(
+            store
+                .replace_directory("eu-1", &snapshot, &[], 7)
+                .await
+                .unwrap(),
+            1,
+            "{b}"
+        );
+        assert_eq!(
+            store.directory("b--x").await.unwrap(),
+            ["eu-1", "eu-2"],
+            "{b}"
+        );
+        assert_eq!(
+            store.replace_directory("eu-1", &[], &[], 7).await.unwrap(),
+            2,
+            "{b}"
+        );
         assert!(store.directory("c--x").await.unwrap().is_empty());
+        assert_eq!(store.directory("b--x").await.unwrap(), ["eu-2"], "{b}");
 
         // Claims racing from many relays (as from two control-plane replicas): one
         // owner at the end, every relay listed.
