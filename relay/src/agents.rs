@@ -62,18 +62,21 @@ impl AgentTable {
         self.links.get(label).map(|l| l.clone())
     }
 
-    /// The workspaces with a connected agent, and those of them held as standby (a
-    /// snapshot for the control plane).
-    pub fn workspaces(&self) -> (Vec<String>, Vec<String>) {
-        let mut all = Vec::with_capacity(self.links.len());
+    /// The workspaces with a connected agent, and those of them held as standby: the
+    /// relay's directory as the control plane takes it.
+    pub fn snapshot(&self) -> ferry_proto::api::DirectorySnapshot {
+        let mut workspaces = Vec::with_capacity(self.links.len());
         let mut standby = Vec::new();
         for link in self.links.iter() {
-            all.push(link.key().to_string());
+            workspaces.push(link.key().to_string());
             if link.standby.load(Ordering::Relaxed) {
                 standby.push(link.key().to_string());
             }
         }
-        (all, standby)
+        ferry_proto::api::DirectorySnapshot {
+            workspaces,
+            standby,
+        }
     }
 
     /// Sets every link's role from `is_standby` (the ring as it is now) and returns the

@@ -312,13 +312,7 @@ impl Relay {
                 control: control.clone(),
                 token: config.token.clone(),
             };
-            let snapshot = move || {
-                let (workspaces, standby) = shared.agents.workspaces();
-                ferry_proto::api::DirectorySnapshot {
-                    workspaces,
-                    standby,
-                }
-            };
+            let snapshot = move || shared.agents.snapshot();
             background.spawn(report_task.run(sink, snapshot, reporter_stop.clone()));
         }
         // Know the map before the first agent arrives, so its role is reported right.
