@@ -101,14 +101,28 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
         assert_eq!(http_get(addr, "/readyz").await?.0, 200, "{addr}");
     }
 
-    // Connections by role, and the mesh RTT gauge (sampled on the refresh loop).
+    // Connections by role, and the mesh gauges (sampled on the refresh loop). On
+    // loopback, MTU discovery on mesh links finds packets past internet sizes, both on
+    // the link a relay dialed and on the one it accepted (which only a relay that
+    // recognised its peer's address configured for it).
     for (addr, peer) in [(eu1, "eu-2"), (eu2, "eu-1")] {
         wait_metric(addr, "connections and mesh RTT", |s| {
             let agents = s.sum("ferry_relay_connections", &[("role", "agent")]);
             let mesh = s.sum("ferry_relay_connections", &[("role", "mesh")]);
             let rtt = s.sum("ferry_relay_mesh_rtt_seconds", &[("peer", peer)]);
-            (agents != 1.0 || mesh != 1.0 || rtt <= 0.0)
-                .then(|| format!("agent connections {agents}, mesh {mesh}, rtt to {peer} {rtt}"))
+            let payload = ["dialed", "accepted"].map(|side| {
+                s.sum(
+                    "ferry_relay_mesh_udp_payload_bytes",
+                    &[("peer", peer), ("side", side)],
+                )
+            });
+            (agents != 1.0 || mesh != 1.0 || rtt <= 0.0 || payload.iter().any(|p| *p <= 4000.0))
+                .then(|| {
+                    format!(
+                        "agent connections {agents}, mesh {mesh}, rtt to {peer} {rtt}, \
+                         UDP payload to {peer} (dialed, accepted) {payload:?}"
+                    )
+                })
         })
         .await?;
     }

@@ -58,6 +58,18 @@ pub(crate) struct Mesh {
     config: quinn::ClientConfig,
     token: String,
     links: DashMap<String, Arc<PeerLink>>,
+    /// Links peers dialed to us, by peer name (for metrics).
+    accepted: DashMap<String, Connection>,
+}
+
+/// What the metrics show of one mesh link.
+pub(crate) struct LinkSample {
+    pub peer: String,
+    /// `dialed` (ours) or `accepted` (the peer's).
+    pub side: &'static str,
+    pub rtt: Duration,
+    /// The UDP payload we send on the link now (MTU discovery's current size).
+    pub udp_payload: u16,
 }
 
 impl Mesh {
@@ -67,6 +79,7 @@ impl Mesh {
             config,
             token,
             links: DashMap::new(),
+            accepted: DashMap::new(),
         }
     }
 
@@ -125,17 +138,25 @@ impl Mesh {
         result
     }
 
-    /// The smoothed RTT of each live outgoing link, by peer name (for metrics). A link
-    /// being dialed right now is skipped.
-    pub fn rtts(&self) -> Vec<(String, Duration)> {
-        self.links
+    /// Every live link, dialed and accepted (links being dialed are skipped).
+    pub fn samples(&self) -> Vec<LinkSample> {
+        let sample = |peer: String, side, conn: &Connection| LinkSample {
+            peer,
+            side,
+            rtt: conn.rtt(),
+            udp_payload: conn.stats().path.current_mtu,
+        };
+        let dialed = self
+            .live()
+            .into_iter()
+            .map(|(peer, conn)| sample(peer, "dialed", &conn));
+        let accepted: Vec<LinkSample> = self
+            .accepted
             .iter()
-            .filter_map(|l| {
-                let conn = l.conn.try_lock().ok()?;
-                let c = conn.as_ref().filter(|c| c.close_reason().is_none())?;
-                Some((l.key().clone(), c.rtt()))
-            })
-            .collect()
+            .filter(|l| l.value().close_reason().is_none())
+            .map(|l| sample(l.key().clone(), "accepted", l.value()))
+            .collect();
+        dialed.chain(accepted).collect()
     }
 
     /// The live outgoing links by peer name (links being dialed are skipped).
@@ -186,7 +207,13 @@ pub(crate) async fn serve_mesh(shared: Arc<Shared>, conn: Connection, stop: Canc
     async {
         tracing::debug!("mesh link accepted");
         let origin = crate::routing::Origin::Mesh { peer: peer.clone() };
-        crate::routing::accept_streams(shared, &conn, origin, &stop).await
+        shared.mesh.accepted.insert(peer.clone(), conn.clone());
+        crate::routing::accept_streams(shared.clone(), &conn, origin, &stop).await;
+        // A newer link from the same peer may have taken the entry already.
+        shared
+            .mesh
+            .accepted
+            .remove_if(&peer, |_, c| c.stable_id() == conn.stable_id());
     }
     .instrument(span)
     .await

@@ -29,6 +29,7 @@ pub const BYTES: &str = "ferry_relay_forwarded_bytes_total";
 pub const REFUSALS: &str = "ferry_relay_refusals_total";
 pub const MESH_RTT: &str = "ferry_relay_mesh_rtt_seconds";
 pub const MESH_LINKS: &str = "ferry_relay_mesh_links";
+pub const MESH_UDP_PAYLOAD: &str = "ferry_relay_mesh_udp_payload_bytes";
 pub const AGENT_RTT: &str = "ferry_relay_agent_rtt_seconds";
 pub const DRAINING: &str = "ferry_relay_draining";
 pub const STREAM_LIMIT: &str = "ferry_relay_stream_limit";
@@ -150,6 +151,11 @@ fn describe() {
         "Smoothed QUIC RTT of the mesh link to each peer relay."
     );
     describe_gauge!(MESH_LINKS, Unit::Count, "Live outgoing mesh links.");
+    describe_gauge!(
+        MESH_UDP_PAYLOAD,
+        Unit::Bytes,
+        "UDP payload this relay sends on each mesh link (side: dialed by us, or accepted from the peer), as MTU discovery found it. Above 1452 the path carries jumbo packets."
+    );
     describe_histogram!(
         AGENT_RTT,
         Unit::Seconds,
@@ -273,11 +279,21 @@ impl Drop for StreamGuard {
 /// connection's (into a histogram). Runs on the refresh loop.
 pub(crate) fn sample(shared: &Shared) {
     let m = &shared.metrics;
-    let links = shared.mesh.rtts();
-    m.mesh_links.set(links.len() as f64);
-    for (peer, rtt) in links {
-        metrics::gauge!(MESH_RTT, "relay" => m.relay.clone(), "peer" => peer)
-            .set(rtt.as_secs_f64());
+    let links = shared.mesh.samples();
+    m.mesh_links
+        .set(links.iter().filter(|l| l.side == "dialed").count() as f64);
+    for link in links {
+        if link.side == "dialed" {
+            metrics::gauge!(MESH_RTT, "relay" => m.relay.clone(), "peer" => link.peer.clone())
+                .set(link.rtt.as_secs_f64());
+        }
+        metrics::gauge!(
+            MESH_UDP_PAYLOAD,
+            "relay" => m.relay.clone(),
+            "peer" => link.peer,
+            "side" => link.side
+        )
+        .set(f64::from(link.udp_payload));
     }
     for rtt in shared.agents.rtts() {
         m.agent_rtt.record(rtt.as_secs_f64());

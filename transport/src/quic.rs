@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use quinn::{IdleTimeout, TransportConfig, VarInt};
+use quinn::{IdleTimeout, MtuDiscoveryConfig, TransportConfig, VarInt};
 
 use crate::congestion::{QueueCeilingFactory, QueueConfig};
 
@@ -33,7 +33,31 @@ pub struct Limits {
     /// Without the cap, a bulk transfer fills the receiver's socket buffer and every
     /// interactive stream on the connection waits behind it.
     pub queue_ceiling: Option<QueueConfig>,
+    /// The largest UDP payload MTU discovery probes for on this connection's path.
+    /// Internet paths stay at [`DEFAULT_MAX_UDP_PAYLOAD`]; mesh links try up to
+    /// [`MESH_MAX_UDP_PAYLOAD`] (see there). A path that carries less simply fails
+    /// the larger probes: the connection keeps the largest size that got through.
+    pub max_udp_payload: u16,
 }
+
+/// quinn's own ceiling for MTU discovery: a 1500-byte Ethernet MTU less the IPv6 and
+/// UDP headers, which nearly every internet path carries.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
+
+/// The ceiling of MTU discovery on relay-to-relay links. Relays usually sit in
+/// datacenters whose networks carry jumbo frames (9000-byte MTUs), and on loopback
+/// (`ferry dev`) any size goes: larger packets cut the per-packet work (syscalls,
+/// header protection, ACKs) that dominates a QUIC leg's cost, and a mesh hop is one
+/// more such leg.
+///
+/// Not 8952, what a 9000-byte MTU allows: quinn sends up to 10 packets in one UDP
+/// segmentation-offload (GSO) write, and the kernel refuses a write over 64 KiB
+/// (EMSGSIZE, which quinn-udp drops silently as if it were a too-large MTU probe).
+/// With 8952-byte packets 10 of them exceed it, whole batches vanish, and the link
+/// loses a third of its packets without a single drop in the kernel's counters.
+/// 10 packets of this size plus IPv6 and UDP headers fit in 65 535 bytes.
+pub const MESH_MAX_UDP_PAYLOAD: u16 = (65_535 - 48) / 10;
+const _: () = assert!(MESH_MAX_UDP_PAYLOAD > DEFAULT_MAX_UDP_PAYLOAD);
 
 impl Limits {
     /// For an agent's connection to its relay: a relay that vanished without closing
@@ -52,10 +76,13 @@ impl Limits {
     /// For relay-to-relay mesh links: a killed peer must be noticed within about a
     /// second so that streams fail over to the standby. Frequent keep-alives cost a
     /// few packets per second per link, and a relay has tens of links, not thousands.
+    /// MTU discovery may go past internet sizes ([`MESH_MAX_UDP_PAYLOAD`]); the
+    /// relay accepting the link probes as far on its side (see the relay's server).
     pub fn mesh() -> Limits {
         Limits {
             idle_timeout: Duration::from_millis(1200),
             keep_alive: Duration::from_millis(250),
+            max_udp_payload: MESH_MAX_UDP_PAYLOAD,
             ..Limits::default()
         }
     }
@@ -73,6 +100,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(30),
             keep_alive: Duration::from_secs(5),
             queue_ceiling: QueueConfig::from_env(),
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -88,6 +116,11 @@ impl Limits {
         t.send_window(self.send_window);
         t.max_idle_timeout(IdleTimeout::try_from(self.idle_timeout).ok());
         t.keep_alive_interval(Some(self.keep_alive));
+        if self.max_udp_payload != DEFAULT_MAX_UDP_PAYLOAD {
+            let mut discovery = MtuDiscoveryConfig::default();
+            discovery.upper_bound(self.max_udp_payload);
+            t.mtu_discovery_config(Some(discovery));
+        }
         if let Some(config) = &self.queue_ceiling {
             t.congestion_controller_factory(QueueCeilingFactory::new(config.clone()));
         }
@@ -127,16 +160,18 @@ pub fn server_endpoint(
         addr: "0.0.0.0:0".parse().expect("literal"),
         source,
     })?;
-    let crypto =
-        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(limits.transport_config()));
+    let config = server_config(tls, limits)?;
     let secret = ring::digest::digest(
         &ring::digest::SHA256,
         &[b"ferry stateless reset v1\0", reset_secret].concat(),
     );
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    // Accept datagrams as large as mesh links send. This only raises what we tell
+    // peers we can receive: what each side sends is its own MTU discovery's choice.
+    endpoint_config
+        .max_udp_payload_size(MESH_MAX_UDP_PAYLOAD)
+        .expect("within QUIC's bounds");
     // Connection IDs carry a keyed checksum; with a random key a restarted relay would
     // treat its old IDs as noise and drop them instead of answering with a reset.
     let cid_key = u64::from_le_bytes(secret.as_ref()[..8].try_into().expect("32-byte digest"));
@@ -150,6 +185,18 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// quinn's server configuration from a rustls one.
+fn server_config(
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, EndpointError> {
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(limits.transport_config()));
+    Ok(config)
 }
 
 /// A client-only endpoint on an ephemeral port of the right address family.
@@ -181,13 +228,15 @@ pub fn client_endpoint_from(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let bind = client_bind_addr(local_ip, peer);
     let socket = udp_socket(bind)?;
-    let mut endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    // Say we receive no more than we send: a relay probes every connection up to
+    // mesh sizes (its peers' links need them), bounded by what the peer says.
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    endpoint_config
+        .max_udp_payload_size(limits.max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD))
+        .expect("within QUIC's bounds");
+    let mut endpoint =
+        quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
+            .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(tls, limits)?);
     Ok(endpoint)
 }
@@ -230,4 +279,91 @@ pub fn client_config(
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(limits.transport_config()));
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A relay's endpoint on loopback, as relays build theirs.
+    fn relay_endpoint(ca: &ferry_certs::Ca) -> quinn::Endpoint {
+        let leaf = ca
+            .issue(&["127.0.0.1".into()], ferry_certs::Usage::Server)
+            .unwrap();
+        let tls = ferry_certs::server_config(&leaf, &[b"test"]).unwrap();
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        server_endpoint(socket, tls, &Limits::mesh(), b"t").unwrap()
+    }
+
+    /// Bulk data both ways over a mesh-configured link on loopback (which carries any
+    /// size): both sides must settle on large packets without losing packets. With a
+    /// ceiling whose 10-packet GSO batches pass 64 KiB, the kernel refused every batch
+    /// and a third of the packets were lost, so the loss bound is what this guards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mesh_links_settle_on_large_packets_without_loss() {
+        const BYTES: usize = 64 * 1024 * 1024;
+        let ca = ferry_certs::Ca::create().unwrap();
+        let (a, b) = (relay_endpoint(&ca), relay_endpoint(&ca));
+        let b_addr = b.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let conn = b.accept().await.unwrap().await.unwrap();
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            let got = recv.read_to_end(BYTES).await.unwrap().len();
+            send.write_all(&vec![7u8; BYTES]).await.unwrap();
+            send.finish().unwrap();
+            let _ = send.stopped().await;
+            (got, conn, b)
+        });
+        let tls = ferry_certs::client_config(ca.cert_pem(), &[b"test"]).unwrap();
+        let config = client_config(tls, &Limits::mesh()).unwrap();
+        let conn = a
+            .connect_with(config, b_addr, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&vec![9u8; BYTES]).await.unwrap();
+        send.shutdown().await.unwrap();
+        let back = recv.read_to_end(BYTES).await.unwrap();
+        let (got, server_conn, b) = server.await.unwrap();
+        assert_eq!((got, back.len()), (BYTES, BYTES));
+
+        // An agent or a client (a plain client endpoint, internet limits) says it
+        // receives 1452-byte datagrams at most: the relay's side never probes past it.
+        let tls = ferry_certs::client_config(ca.cert_pem(), &[b"test"]).unwrap();
+        let internet = client_endpoint(b_addr, tls, &Limits::default()).unwrap();
+        let accepting = tokio::spawn(async move {
+            let conn = b.accept().await.unwrap().await.unwrap();
+            (conn, b)
+        });
+        let agent = internet
+            .connect(b_addr, "127.0.0.1")
+            .unwrap()
+            .await
+            .unwrap();
+        let (mut send, mut recv) = agent.open_bi().await.unwrap();
+        send.write_all(b"hello").await.unwrap();
+        let (relay_side, _b) = accepting.await.unwrap();
+        let (mut back, _) = relay_side.accept_bi().await.unwrap();
+        back.write_all(&vec![1u8; 4 * 1024 * 1024]).await.unwrap();
+        back.finish().unwrap();
+        assert_eq!(recv.read_to_end(usize::MAX).await.unwrap().len(), 4 << 20);
+        assert_eq!(relay_side.stats().path.current_mtu, DEFAULT_MAX_UDP_PAYLOAD);
+
+        for (side, conn) in [("dialer", &conn), ("acceptor", &server_conn)] {
+            let path = conn.stats().path;
+            assert!(
+                path.current_mtu > MESH_MAX_UDP_PAYLOAD - 100,
+                "{side} sends {}-byte packets, expected about {MESH_MAX_UDP_PAYLOAD}",
+                path.current_mtu
+            );
+            assert!(
+                path.lost_packets * 100 < path.sent_packets,
+                "{side} lost {} of {} packets",
+                path.lost_packets,
+                path.sent_packets
+            );
+        }
+    }
 }
