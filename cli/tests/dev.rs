@@ -253,6 +253,39 @@ async fn ferry_dev_with_a_topology_puts_relays_behind_the_emulator() -> anyhow::
     assert_eq!(hops[0]["to"], "relay:eu-1", "{v}");
     assert_eq!(hops.last().unwrap()["to"], "agent:demo--dev", "{v}");
 
+    // Mesh links between regions cross the emulator's 1500-byte MTU: MTU discovery
+    // settles at internet sizes there, not at the jumbo packets loopback would carry.
+    // (One process: any relay's admin port shows every relay's links.)
+    let admin: std::net::SocketAddr = info["relays"][0]["admin_addr"]
+        .as_str()
+        .context("admin_addr")?
+        .parse()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let links: Vec<(String, f64)> = scrape(admin)
+            .await?
+            .series
+            .into_iter()
+            .filter(|(name, _, _)| name == "ferry_relay_mesh_udp_payload_bytes")
+            .map(|(_, labels, size)| (format!("{labels:?}"), size))
+            .collect();
+        let too_big: Vec<_> = links.iter().filter(|(_, size)| *size > 1472.0).collect();
+        assert!(
+            too_big.is_empty(),
+            "mesh packets past the emulated MTU: {too_big:?}"
+        );
+        // Until discovery has climbed past QUIC's 1200-byte start on every link, a
+        // missing MTU limit would not show yet.
+        if links.len() >= 2 && links.iter().all(|(_, size)| *size >= 1400.0) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "mesh MTU discovery did not settle in 30 s: {links:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     let pid = dev.id().unwrap() as i32;
     let status = std::process::Command::new("kill")
         .args(["-INT", &pid.to_string()])

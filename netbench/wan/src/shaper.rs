@@ -13,6 +13,8 @@ pub struct Shaper {
     jitter: Duration,
     loss: f64,
     rate: Option<u64>,
+    /// Datagrams larger than this are dropped (the link's MTU); streams have none.
+    max_datagram: Option<usize>,
     /// When the link's transmitter is free again (rate limiting).
     next_free: Option<Instant>,
     /// The latest delivery time handed out: nothing overtakes it.
@@ -28,7 +30,11 @@ impl Shaper {
     /// fast sender's packets by hundreds, which QUIC (like TCP) must read as loss, and
     /// a bulk transfer over a link with 2 ms of jitter then crawled at a few Mbit/s.
     pub fn datagrams(spec: LinkSpec, seed: u64) -> Shaper {
-        Shaper::new(spec, seed)
+        Shaper {
+            // IPv4 and UDP headers: every location of a topology is an IPv4 address.
+            max_datagram: spec.mtu.map(|mtu| usize::from(mtu).saturating_sub(28)),
+            ..Shaper::new(spec, seed)
+        }
     }
 
     /// A shaper for a byte stream (no loss: TCP would retransmit).
@@ -42,6 +48,7 @@ impl Shaper {
             jitter: spec.jitter / 2,
             loss: spec.loss,
             rate: spec.rate,
+            max_datagram: None,
             next_free: None,
             last_delivery: None,
             rng: fastrand::Rng::with_seed(seed),
@@ -50,6 +57,9 @@ impl Shaper {
 
     /// When `len` bytes entering at `now` come out, or `None` when they are lost.
     pub fn schedule(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        if self.max_datagram.is_some_and(|max| len > max) {
+            return None;
+        }
         if self.loss > 0.0 && self.rng.f64() < self.loss {
             return None;
         }
@@ -137,6 +147,23 @@ mod tests {
         assert!((2000..3000).contains(&lost), "{lost} of 10000 lost");
         let mut s = Shaper::stream(lossy, 11);
         assert!((0..1000).all(|_| s.schedule(now, 1).is_some()));
+    }
+
+    #[test]
+    fn datagrams_past_the_mtu_are_dropped_but_stream_chunks_are_not() {
+        let now = Instant::now();
+        let link = LinkSpec {
+            mtu: Some(1500),
+            ..spec(10, 0)
+        };
+        let mut d = Shaper::datagrams(link, 1);
+        assert!(d.schedule(now, 1472).is_some());
+        assert!(d.schedule(now, 1473).is_none());
+        assert!(Shaper::stream(link, 1).schedule(now, 16 * 1024).is_some());
+        // Inside a location (no MTU) any datagram passes, as on loopback.
+        assert!(Shaper::datagrams(spec(0, 0), 1)
+            .schedule(now, 65_507)
+            .is_some());
     }
 
     #[test]

@@ -35,7 +35,15 @@ pub struct LinkSpec {
     pub loss: f64,
     /// Bytes per second in each direction; `None` is unlimited.
     pub rate: Option<u64>,
+    /// The path's IP MTU: a larger datagram (with its 28 bytes of IPv4 and UDP
+    /// headers) is dropped, as a router drops a packet it may not fragment. Declared
+    /// links default to the internet's 1500, so that MTU discovery finds what it would
+    /// find there; `None` (inside one location) carries any size, like loopback.
+    pub mtu: Option<u16>,
 }
+
+/// The MTU of a declared link that names none.
+pub const DEFAULT_LINK_MTU: u16 = 1500;
 
 /// Why a topology file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +78,8 @@ struct LinkFile {
     loss: f64,
     #[serde(default)]
     rate_mbit: Option<f64>,
+    #[serde(default)]
+    mtu: Option<u16>,
 }
 
 /// Locations and the links between them.
@@ -137,11 +147,17 @@ impl Topology {
                 Some(m) if m.is_finite() && m > 0.0 => Some((m * 1e6 / 8.0) as u64),
                 Some(m) => return Err(bad(format!("rate_mbit must be positive, not {m}"))),
             };
+            let mtu = link.mtu.unwrap_or(DEFAULT_LINK_MTU);
+            if mtu < 1280 {
+                // QUIC needs 1200-byte datagrams; IPv6 promises 1280 on every path.
+                return Err(bad(format!("mtu must be at least 1280, not {mtu}")));
+            }
             let spec = LinkSpec {
                 rtt: millis("rtt_ms", link.rtt_ms).map_err(bad)?,
                 jitter: millis("jitter_ms", link.jitter_ms).map_err(bad)?,
                 loss: link.loss,
                 rate,
+                mtu: Some(mtu),
             };
             if links.insert(key(a, b), spec).is_some() {
                 return Err(bad("declared twice".into()));
@@ -214,6 +230,7 @@ mod tests {
         [[link]]
         between = ["us", "eu"]
         rtt_ms = 80
+        mtu = 9000
     "#;
 
     #[test]
@@ -231,6 +248,10 @@ mod tests {
         assert_eq!(us.jitter, Duration::from_millis(4));
         assert_eq!(us.rate, Some(1_000_000));
         assert_eq!(t.link("eu", "eu"), LinkSpec::default());
+        // Declared links carry the internet's MTU unless they name another.
+        assert_eq!(us.mtu, Some(DEFAULT_LINK_MTU));
+        assert_eq!(t.link("eu", "us").mtu, Some(9000));
+        assert_eq!(t.link("eu", "eu").mtu, None);
     }
 
     #[test]
@@ -250,6 +271,9 @@ mod tests {
         assert!(err.contains("mars"), "{err}");
         let lossy = THREE.replace("loss = 0.01", "loss = 2");
         assert!(Topology::parse(&lossy).is_err());
+        let tiny = THREE.replace("mtu = 9000", "mtu = 576");
+        let err = Topology::parse(&tiny).unwrap_err().to_string();
+        assert!(err.contains("mtu must be at least 1280"), "{err}");
         let negative = THREE.replace("rtt_ms = 10", "rtt_ms = -1");
         assert!(Topology::parse(&negative).is_err());
         assert!(Topology::parse("locations = 3").is_err());
