@@ -160,7 +160,10 @@ pub fn server_endpoint(
         addr: "0.0.0.0:0".parse().expect("literal"),
         source,
     })?;
-    let config = server_config(tls, limits)?;
+    let crypto =
+        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    config.transport_config(Arc::new(limits.transport_config()));
     let secret = ring::digest::digest(
         &ring::digest::SHA256,
         &[b"ferry stateless reset v1\0", reset_secret].concat(),
@@ -185,18 +188,6 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|source| EndpointError::Bind { addr, source })
-}
-
-/// quinn's server configuration from a rustls one.
-fn server_config(
-    tls: rustls::ServerConfig,
-    limits: &Limits,
-) -> Result<quinn::ServerConfig, EndpointError> {
-    let crypto =
-        QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
-    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    config.transport_config(Arc::new(limits.transport_config()));
-    Ok(config)
 }
 
 /// A client-only endpoint on an ephemeral port of the right address family.
