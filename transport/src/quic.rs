@@ -54,8 +54,9 @@ pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 /// segmentation-offload (GSO) write, and the kernel refuses a write over 64 KiB
 /// (EMSGSIZE, which quinn-udp drops silently as if it were a too-large MTU probe).
 /// With 8952-byte packets 10 of them exceed it, whole batches vanish, and the link
-/// loses a third of its packets without a single drop in the kernel's counters.
-/// 10 packets of this size plus IPv6 and UDP headers fit in 65 535 bytes.
+/// loses a third of its packets without a single drop in the kernel's counters
+/// (quinn-rs/quinn#2201). 10 packets of this size plus IPv6 and UDP headers fit in
+/// 65 535 bytes.
 pub const MESH_MAX_UDP_PAYLOAD: u16 = (65_535 - 48) / 10;
 const _: () = assert!(MESH_MAX_UDP_PAYLOAD > DEFAULT_MAX_UDP_PAYLOAD);
 
