@@ -103,8 +103,7 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
 
     // Connections by role, and the mesh gauges (sampled on the refresh loop). On
     // loopback, MTU discovery on mesh links finds packets past internet sizes, both on
-    // the link a relay dialed and on the one it accepted (which only a relay that
-    // recognised its peer's address configured for it).
+    // the link a relay dialed and on the one it accepted (the relay's server side).
     for (addr, peer) in [(eu1, "eu-2"), (eu2, "eu-1")] {
         wait_metric(addr, "connections and mesh RTT", |s| {
             let agents = s.sum("ferry_relay_connections", &[("role", "agent")]);

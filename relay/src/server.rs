@@ -252,10 +252,10 @@ impl Relay {
         // idle) never open another stream. Clients and mesh peers get their full
         // allowance once their ALPN is known (see `serve_connection`).
         //
-        // MTU discovery may try mesh-sized packets on every connection: only peer
-        // relays take them up. A peer bounds what we send by the largest datagram it
-        // says it receives, and agents and clients say 1472 bytes (quinn's default),
-        // so their connections never probe past internet sizes.
+        // MTU discovery may try mesh-sized packets on every connection, and the
+        // endpoint says it receives them: only peer relays take them up. A peer bounds
+        // what we send by the largest datagram it says it receives, and agents and
+        // clients say 1452 bytes, so their connections never probe past internet sizes.
         let handshake_limits = Limits {
             max_incoming_streams: HELLO_STREAMS,
             max_udp_payload: ferry_transport::quic::MESH_MAX_UDP_PAYLOAD,

@@ -171,11 +171,7 @@ pub fn server_endpoint(
     );
     let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
     let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(reset_key));
-    // Accept datagrams as large as mesh links send. This only raises what we tell
-    // peers we can receive: what each side sends is its own MTU discovery's choice.
-    endpoint_config
-        .max_udp_payload_size(MESH_MAX_UDP_PAYLOAD)
-        .expect("within QUIC's bounds");
+    advertise_receive_size(&mut endpoint_config, limits);
     // Connection IDs carry a keyed checksum; with a random key a restarted relay would
     // treat its old IDs as noise and drop them instead of answering with a reset.
     let cid_key = u64::from_le_bytes(secret.as_ref()[..8].try_into().expect("32-byte digest"));
@@ -189,6 +185,16 @@ pub fn server_endpoint(
         Arc::new(quinn::TokioRuntime),
     )
     .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// Tells peers we receive datagrams as large as `limits` lets us send, no larger.
+/// A peer's MTU discovery stops at what we advertise: a relay probes every connection
+/// up to mesh sizes (its peers' links need them), and agents and clients, saying 1452
+/// here, keep it at internet sizes towards them.
+fn advertise_receive_size(config: &mut quinn::EndpointConfig, limits: &Limits) {
+    config
+        .max_udp_payload_size(limits.max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD))
+        .expect("within QUIC's bounds");
 }
 
 /// A client-only endpoint on an ephemeral port of the right address family.
@@ -220,12 +226,8 @@ pub fn client_endpoint_from(
 ) -> Result<quinn::Endpoint, EndpointError> {
     let bind = client_bind_addr(local_ip, peer);
     let socket = udp_socket(bind)?;
-    // Say we receive no more than we send: a relay probes every connection up to
-    // mesh sizes (its peers' links need them), bounded by what the peer says.
     let mut endpoint_config = quinn::EndpointConfig::default();
-    endpoint_config
-        .max_udp_payload_size(limits.max_udp_payload.max(DEFAULT_MAX_UDP_PAYLOAD))
-        .expect("within QUIC's bounds");
+    advertise_receive_size(&mut endpoint_config, limits);
     let mut endpoint =
         quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
             .map_err(|source| EndpointError::Bind { addr: bind, source })?;
