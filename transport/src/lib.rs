@@ -7,6 +7,7 @@ pub mod congestion;
 pub mod control_client;
 pub mod dial;
 pub mod frame_io;
+pub mod gso;
 pub mod probe;
 pub mod quic;
 pub mod splice;

@@ -44,20 +44,16 @@ pub struct Limits {
 /// UDP headers, which nearly every internet path carries.
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
-/// The ceiling of MTU discovery on relay-to-relay links. Relays usually sit in
-/// datacenters whose networks carry jumbo frames (9000-byte MTUs), and on loopback
-/// (`ferry dev`) any size goes: larger packets cut the per-packet work (syscalls,
-/// header protection, ACKs) that dominates a QUIC leg's cost, and a mesh hop is one
-/// more such leg.
+/// The ceiling of MTU discovery on relay-to-relay links: what a 9000-byte (jumbo)
+/// MTU carries, less the IPv6 and UDP headers. Relays usually sit in datacenters whose
+/// networks carry jumbo frames, and on loopback (`ferry dev`) any size goes: larger
+/// packets cut the per-packet work (header protection, ACKs, loss bookkeeping) of a
+/// QUIC leg, and a mesh hop is one more such leg.
 ///
-/// Not 8952, what a 9000-byte MTU allows: quinn sends up to 10 packets in one UDP
-/// segmentation-offload (GSO) write, and the kernel refuses a write over 64 KiB
-/// (EMSGSIZE, which quinn-udp drops silently as if it were a too-large MTU probe).
-/// With 8952-byte packets 10 of them exceed it, whole batches vanish, and the link
-/// loses a third of its packets without a single drop in the kernel's counters
-/// (quinn-rs/quinn#2201). 10 packets of this size plus IPv6 and UDP headers fit in
-/// 65 535 bytes.
-pub const MESH_MAX_UDP_PAYLOAD: u16 = (65_535 - 48) / 10;
+/// quinn batches up to 10 of these in one segmentation-offload write, more than the
+/// kernel takes at once; [`crate::gso`] splits such writes (without it whole batches
+/// vanished, quinn-rs/quinn#2201, and the link lost a third of its packets).
+pub const MESH_MAX_UDP_PAYLOAD: u16 = 9000 - 48;
 const _: () = assert!(MESH_MAX_UDP_PAYLOAD > DEFAULT_MAX_UDP_PAYLOAD);
 
 impl Limits {
@@ -178,13 +174,20 @@ pub fn server_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    quinn::Endpoint::new(
-        endpoint_config,
-        Some(config),
-        socket,
-        Arc::new(quinn::TokioRuntime),
-    )
-    .map_err(|source| EndpointError::Bind { addr, source })
+    new_endpoint(endpoint_config, Some(config), socket)
+        .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// A quinn endpoint on `socket` whose oversized GSO writes are split ([`crate::gso`]).
+fn new_endpoint(
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+    socket: std::net::UdpSocket,
+) -> std::io::Result<quinn::Endpoint> {
+    use quinn::Runtime;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = crate::gso::SplitGso::new(runtime.wrap_udp_socket(socket)?);
+    quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime)
 }
 
 /// Tells peers we receive datagrams as large as `limits` lets us send, no larger.
@@ -228,9 +231,8 @@ pub fn client_endpoint_from(
     let socket = udp_socket(bind)?;
     let mut endpoint_config = quinn::EndpointConfig::default();
     advertise_receive_size(&mut endpoint_config, limits);
-    let mut endpoint =
-        quinn::Endpoint::new(endpoint_config, None, socket, Arc::new(quinn::TokioRuntime))
-            .map_err(|source| EndpointError::Bind { addr: bind, source })?;
+    let mut endpoint = new_endpoint(endpoint_config, None, socket)
+        .map_err(|source| EndpointError::Bind { addr: bind, source })?;
     endpoint.set_default_client_config(client_config(tls, limits)?);
     Ok(endpoint)
 }
@@ -291,9 +293,10 @@ mod tests {
     }
 
     /// Bulk data both ways over a mesh-configured link on loopback (which carries any
-    /// size): both sides must settle on large packets without losing packets. With a
-    /// ceiling whose 10-packet GSO batches pass 64 KiB, the kernel refused every batch
-    /// and a third of the packets were lost, so the loss bound is what this guards.
+    /// size): both sides must settle on jumbo packets without losing packets. quinn's
+    /// 10-packet GSO batches of them pass 64 KiB; unsplit ([`crate::gso`]), the kernel
+    /// refused every batch, a third of the packets were lost and the link fell back
+    /// to 1200 bytes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mesh_links_settle_on_large_packets_without_loss() {
         const BYTES: usize = 64 * 1024 * 1024;
