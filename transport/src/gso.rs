@@ -20,7 +20,7 @@ use quinn::{AsyncUdpSocket, UdpPoller};
 /// The most UDP payload one write may carry: 65 535 bytes of IP payload length, less
 /// the UDP header, and less the IPv6 header, which the kernel counts against it too
 /// (an IPv4 write may carry 20 bytes more; one bound for both is simpler).
-pub const MAX_WRITE_PAYLOAD: usize = 65_535 - 40 - 8;
+const MAX_WRITE_PAYLOAD: usize = 65_535 - 40 - 8;
 
 /// Wraps the runtime's socket; see the module documentation.
 pub struct SplitGso {
