@@ -1,21 +1,22 @@
-//! What one QUIC leg costs, isolated from the rest of ferry: CPU time per byte of a
-//! one-stream bulk transfer between endpoints built as relays build theirs, on
-//! loopback, all in this process (one tokio runtime, two workers).
+//! What a QUIC leg and a mesh hop cost, isolated from the rest of ferry: CPU time per
+//! byte of one-stream bulk transfers between endpoints built as relays build theirs,
+//! on loopback, all in this process (one tokio runtime, two workers).
 //!
 //! ```sh
 //! cargo run --release -p ferry-transport --example quic_leg [-- <MiB> <trials>]
 //! ```
 //!
-//! Three paths, measured in turns within one run:
+//! Four paths, measured in turns within one run:
 //! - *internet leg*: client or agent to relay, 1452-byte packets;
 //! - *mesh leg*: relay to relay, jumbo packets ([`MESH_MAX_UDP_PAYLOAD`]);
-//! - *hop*: an internet leg into a relay that splices each stream onto a mesh leg, as
-//!   the relay a client entered does on a mesh path.
+//! - *internet, relay, internet*: the QUIC part of a stream entering at its owner
+//!   relay (client, relay, agent), the relay splicing one leg onto the next;
+//! - *internet, relay, mesh, relay, internet*: the same entering at another relay.
 //!
-//! `ferry-netbench throughput` measures whole paths (client, relays, agent); this
-//! tells how much of a mesh hop's cost is the QUIC leg itself. CPU is what this
-//! process's threads spent on the CPU (/proc/self/task/*/schedstat), so the two
-//! sides of each leg count together.
+//! The last two give the mesh hop's cost the way `ferry-netbench throughput` does for
+//! whole paths, without the TCP ends, the separate processes and the load generator
+//! sharing the cores. CPU is what this process's threads spent on the CPU
+//! (/proc/self/task/*/schedstat), so both sides of every leg count.
 
 use std::time::{Duration, Instant};
 
@@ -65,40 +66,63 @@ async fn link(
     (dialer, acceptor)
 }
 
-#[derive(Clone, Copy, PartialEq)]
+/// The paths measured: each is a chain of legs with a relay splicing between them.
+#[derive(Clone, Copy)]
 enum Path {
     InternetLeg,
     MeshLeg,
-    Hop,
+    /// Client, owner relay, agent: what a stream crosses when it enters at its owner.
+    Direct,
+    /// Client, another relay, mesh, owner relay, agent: one mesh hop more.
+    Mesh,
 }
 
 impl Path {
+    const ALL: [Path; 4] = [Path::InternetLeg, Path::MeshLeg, Path::Direct, Path::Mesh];
+
     fn label(self) -> &'static str {
         match self {
             Path::InternetLeg => "internet leg",
             Path::MeshLeg => "mesh leg",
-            Path::Hop => "hop (internet leg, splice, mesh leg)",
+            Path::Direct => "internet, relay, internet",
+            Path::Mesh => "internet, relay, mesh, relay, internet",
+        }
+    }
+
+    fn legs(self) -> Vec<Limits> {
+        match self {
+            Path::InternetLeg => vec![Limits::default()],
+            Path::MeshLeg => vec![Limits::mesh()],
+            Path::Direct => vec![Limits::default(), Limits::default()],
+            Path::Mesh => vec![Limits::default(), Limits::mesh(), Limits::default()],
         }
     }
 }
 
-/// One transfer of `bytes`: (Gbit/s, CPU ns per byte).
+/// One transfer of `bytes` along `path`: (Gbit/s, CPU ns per byte).
 async fn transfer(path: Path, bytes: u64) -> (f64, f64) {
     let ca = ferry_certs::Ca::create().expect("CA");
-    let relay = Limits::mesh();
-    let (a, b, c) = (
-        endpoint(&ca, &relay),
-        endpoint(&ca, &relay),
-        endpoint(&ca, &relay),
-    );
-    let first = if path == Path::MeshLeg {
-        Limits::mesh()
-    } else {
-        Limits::default()
-    };
-    let (ab, ba) = link(&ca, &a, &b, &first).await;
-    let (bc, cb) = link(&ca, &b, &c, &Limits::mesh()).await;
-    let sink = if path == Path::Hop { cb } else { ba.clone() };
+    let legs = path.legs();
+    let nodes: Vec<quinn::Endpoint> = (0..=legs.len())
+        .map(|_| endpoint(&ca, &Limits::mesh()))
+        .collect();
+    // links[i] goes from node i to node i + 1: (dialer's side, acceptor's side).
+    let mut links = Vec::new();
+    for (i, limits) in legs.iter().enumerate() {
+        links.push(link(&ca, &nodes[i], &nodes[i + 1], limits).await);
+    }
+    // Each relay in between splices the stream it accepts onto its next leg. The
+    // relays keep their connections after the stream ends (dropping the last handle
+    // would close one before the receiver has everything): `links` outlives them.
+    for window in links.windows(2) {
+        let (incoming, outgoing) = (window[0].1.clone(), window[1].0.clone());
+        tokio::spawn(async move {
+            let (_back, from) = incoming.accept_bi().await.expect("stream");
+            let (to, _back) = outgoing.open_bi().await.expect("stream");
+            ferry_transport::splice::quic_to_quic(from, to).await
+        });
+    }
+    let sink = links.last().expect("a leg").1.clone();
     let receiver = tokio::spawn(async move {
         let (_send, mut recv) = sink.accept_bi().await.expect("stream");
         let mut n = 0u64;
@@ -107,19 +131,9 @@ async fn transfer(path: Path, bytes: u64) -> (f64, f64) {
         }
         n
     });
-    if path == Path::Hop {
-        // The relay keeps its mesh connection after the stream ends (dropping the last
-        // handle would close it before the receiver has everything).
-        let bc = bc.clone();
-        tokio::spawn(async move {
-            let (_back, from) = ba.accept_bi().await.expect("stream");
-            let (to, _back) = bc.open_bi().await.expect("stream");
-            ferry_transport::splice::quic_to_quic(from, to).await
-        });
-    }
     let chunk = Bytes::from(vec![0x5a; 64 * 1024]);
     let (started, cpu_before) = (Instant::now(), cpu_ns());
-    let (mut send, _recv) = ab.open_bi().await.expect("stream");
+    let (mut send, _recv) = links[0].0.open_bi().await.expect("stream");
     let mut sent = 0;
     while sent < bytes {
         send.write_chunk(chunk.clone()).await.expect("write");
@@ -127,10 +141,10 @@ async fn transfer(path: Path, bytes: u64) -> (f64, f64) {
     }
     send.finish().expect("finish");
     let got = receiver.await.expect("receiver");
-    drop(bc);
     assert_eq!(got, sent, "every byte arrives");
     let secs = started.elapsed().as_secs_f64();
     let cpu = (cpu_ns() - cpu_before) as f64;
+    drop(links);
     (got as f64 * 8.0 / secs / 1e9, cpu / got as f64)
 }
 
@@ -144,29 +158,30 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let mib: u64 = args.next().map_or(1024, |a| a.parse().expect("MiB"));
     let trials: usize = args.next().map_or(3, |a| a.parse().expect("trials"));
-    let paths = [Path::InternetLeg, Path::MeshLeg, Path::Hop];
-    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![Default::default(); paths.len()];
+    let mut gbits = vec![Vec::new(); Path::ALL.len()];
+    let mut costs = vec![Vec::new(); Path::ALL.len()];
     for trial in 1..=trials {
-        for (i, &path) in paths.iter().enumerate() {
+        for (i, &path) in Path::ALL.iter().enumerate() {
             let (gbit, ns) =
                 tokio::time::timeout(Duration::from_secs(300), transfer(path, mib << 20))
                     .await
                     .expect("transfer within 5 minutes");
             println!(
-                "trial {trial}/{trials}  {:<38} {gbit:6.2} Gbit/s  {ns:.3} ns/B",
+                "trial {trial}/{trials}  {:<40} {gbit:6.2} Gbit/s  {ns:.3} ns/B",
                 path.label()
             );
-            results[i].0.push(gbit);
-            results[i].1.push(ns);
+            gbits[i].push(gbit);
+            costs[i].push(ns);
         }
     }
     println!("\n{mib} MiB per transfer, median of {trials}; mesh packets up to {MESH_MAX_UDP_PAYLOAD} bytes");
-    let ns: Vec<f64> = results.iter().map(|(_, ns)| median(ns.clone())).collect();
-    for (i, path) in paths.iter().enumerate() {
+    let gbit: Vec<f64> = gbits.into_iter().map(median).collect();
+    let ns: Vec<f64> = costs.into_iter().map(median).collect();
+    for (i, path) in Path::ALL.iter().enumerate() {
         println!(
-            "{:<38} {:6.2} Gbit/s  {:.3} ns/B",
+            "{:<40} {:6.2} Gbit/s  {:.3} ns/B",
             path.label(),
-            median(results[i].0.clone()),
+            gbit[i],
             ns[i]
         );
     }
@@ -175,7 +190,9 @@ async fn main() {
         ns[1] / ns[0]
     );
     println!(
-        "what the splice and mesh leg add to an internet leg: {:.3} ns/B",
-        ns[2] - ns[0]
+        "one mesh hop more / entering at the owner: speed {:.2}x, CPU per byte {:.2}x ({:+.3} ns/B)",
+        gbit[3] / gbit[2],
+        ns[3] / ns[2],
+        ns[3] - ns[2]
     );
 }
