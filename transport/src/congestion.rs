@@ -73,8 +73,12 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             // Measured with `ferry-netbench hol` on loopback: 1 ms left the echo's p50
-            // beside a download at 7 ms, 100 µs brings it to about 1.5 ms, and neither
-            // costs throughput. See BENCHMARKS.md.
+            // beside a download at 7 ms, 100 µs brings it to about 1.2 ms (14 ms with
+            // plain CUBIC). The price, on a 2-core host that every process of the path
+            // shares: scheduling delay reads as queue, the window sits near the floor,
+            // and one stream runs about a tenth slower. 300 µs, or a floor of 128
+            // packets, gave back most of that for twice the echo's wait. BENCHMARKS.md
+            // ("The queue ceiling's price") has the numbers.
             min_target: Duration::from_micros(100),
             max_target: Duration::from_millis(5),
             max_base: Duration::from_millis(3),
