@@ -3,7 +3,8 @@
 //!
 //! [`Mesh`] holds one outgoing link per peer, dialed on first use or by the refresh
 //! task ([`crate::view::refresh_loop`]) for the peers kept warm, and redialed when it
-//! dies. A peer that failed to answer is skipped for [`DOWN_FOR`], so that streams
+//! dies. A peer that failed to answer, or whose link went silent ([`SILENT_FOR`]), is
+//! skipped for [`DOWN_FOR`], and later redialed in the background, so that streams
 //! fail over to the next relay at once instead of each waiting for a handshake.
 //! Incoming links are served by [`serve_mesh`]: every stream on them is routed like a
 //! client's, with the hop count the sender set.
@@ -23,8 +24,12 @@ use tracing::Instrument;
 
 use crate::server::Shared;
 
-/// How long a peer that could not be reached is skipped.
+/// How long a peer that could not be reached, or went silent, is skipped.
 const DOWN_FOR: Duration = Duration::from_secs(1);
+/// A peer whose link has carried nothing for this long is taken for dead: two
+/// keep-alive intervals, where quinn would wait for the link's idle timeout (1.2 s)
+/// before closing it. A stream waiting on such a peer moves on to the next relay.
+pub(crate) const SILENT_FOR: Duration = ferry_transport::quic::MESH_KEEP_ALIVE.saturating_mul(2);
 /// How long a mesh dial may take; peers are near in the network, so less than a client's.
 const MESH_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -49,7 +54,64 @@ pub enum MeshError {
 #[derive(Default)]
 struct PeerLink {
     conn: tokio::sync::Mutex<Option<Connection>>,
-    down_until: std::sync::Mutex<Option<Instant>>,
+    health: std::sync::Mutex<Health>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Health {
+    /// Streams skip the peer until then: a dial failed or the link went silent.
+    down_until: Option<Instant>,
+    /// The peer's last link failed, went silent or closed: it is redialed in the
+    /// background, and a stream waits for that dial only briefly.
+    suspect: bool,
+}
+
+impl PeerLink {
+    fn health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn is_down(&self) -> bool {
+        self.health().down_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    /// Whether this caller may start a redial: none is under way, and the peer is not
+    /// skipped. While one runs, streams skip the peer rather than queue behind it.
+    fn claim_redial(&self) -> bool {
+        let mut health = self.health();
+        if health.down_until.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        *health = Health {
+            down_until: Some(Instant::now() + MESH_DIAL_TIMEOUT),
+            suspect: true,
+        };
+        true
+    }
+
+    fn mark_down(&self) {
+        *self.health() = Health {
+            down_until: Some(Instant::now() + DOWN_FOR),
+            suspect: true,
+        };
+    }
+
+    /// Keeps what a dial gave: the link, or the peer's failure.
+    fn record(&self, conn: &mut Option<Connection>, result: &Result<Connection, MeshError>) {
+        match result {
+            Ok(c) => {
+                *conn = Some(c.clone());
+                *self.health() = Health::default();
+            }
+            Err(_) => self.mark_down(),
+        }
+    }
+}
+
+fn live(conn: &Option<Connection>) -> Option<Connection> {
+    conn.as_ref()
+        .filter(|c| c.close_reason().is_none())
+        .cloned()
 }
 
 /// The outgoing side of the mesh.
@@ -84,58 +146,68 @@ impl Mesh {
     }
 
     /// A live link to `peer`, dialing it if needed.
+    ///
+    /// Only a peer's first link is dialed while the caller waits. Once a peer's link
+    /// has failed, gone silent or closed, it is redialed in the background and the
+    /// caller waits for that at most [`SILENT_FOR`]: a live peer answers a handshake
+    /// well within it, and a dead one would hold every stream for the whole dial
+    /// timeout (2 s) each time [`DOWN_FOR`] runs out.
     pub async fn link(&self, peer: &RelayInfo) -> Result<Connection, MeshError> {
         let entry = self.links.entry(peer.name.clone()).or_default().clone();
-        let mut conn = entry.conn.lock().await;
-        if let Some(c) = conn.as_ref() {
-            if c.close_reason().is_none() {
-                return Ok(c.clone());
-            }
-        }
-        let down = *entry.down_until.lock().unwrap_or_else(|p| p.into_inner());
-        if down.is_some_and(|t| Instant::now() < t) {
-            return Err(MeshError::Down {
-                peer: peer.name.clone(),
-            });
-        }
-        let addr: SocketAddr = peer.quic_addr.parse().map_err(|_| MeshError::BadAddress {
+        let down = || MeshError::Down {
             peer: peer.name.clone(),
-            addr: peer.quic_addr.clone(),
-        })?;
-        let dialed = tokio::time::timeout(
-            MESH_DIAL_TIMEOUT,
-            dial::connect_with(
-                &self.endpoint,
-                self.config.clone(),
-                addr,
-                &peer.server_name,
-                &self.token,
-            ),
-        )
-        .await;
-        let result = match dialed {
-            Ok(Ok(session)) => {
-                tracing::debug!(peer = %peer.name, %addr, "mesh link up");
-                // The control stream stays open for the link's life; nothing uses it yet.
-                drop(session.control);
-                Ok(session.conn)
-            }
-            Ok(Err(source)) => Err(MeshError::Dial {
-                peer: peer.name.clone(),
-                source,
-            }),
-            Err(_) => Err(MeshError::Timeout {
-                peer: peer.name.clone(),
-            }),
         };
-        match &result {
-            Ok(c) => *conn = Some(c.clone()),
-            Err(_) => {
-                *entry.down_until.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Instant::now() + DOWN_FOR);
-            }
+        // Checked before the link itself: a peer that went silent still has an open
+        // link until quinn's idle timeout.
+        if entry.is_down() {
+            return Err(down());
         }
-        result
+        if !entry.health().suspect {
+            let mut conn = entry.conn.lock().await;
+            if let Some(c) = live(&conn) {
+                return Ok(c);
+            }
+            if conn.is_none() {
+                let result =
+                    dial_peer(&self.endpoint, self.config.clone(), &self.token, peer).await;
+                entry.record(&mut conn, &result);
+                return result;
+            }
+            // The link that was up has closed: the peer restarted, drained or died.
+        }
+        if !entry.claim_redial() {
+            return Err(down());
+        }
+        let redial = {
+            let (entry, peer) = (entry.clone(), peer.clone());
+            let (endpoint, config, token) = (
+                self.endpoint.clone(),
+                self.config.clone(),
+                self.token.clone(),
+            );
+            tokio::spawn(async move {
+                let mut conn = entry.conn.lock().await;
+                if let Some(c) = live(&conn) {
+                    *entry.health() = Health::default();
+                    return Ok(c);
+                }
+                let result = dial_peer(&endpoint, config, &token, &peer).await;
+                entry.record(&mut conn, &result);
+                result
+            })
+        };
+        match tokio::time::timeout(SILENT_FOR, redial).await {
+            Ok(Ok(result)) => result,
+            // Still dialing (it goes on, and its result is kept), or the task failed.
+            Ok(Err(_)) | Err(_) => Err(down()),
+        }
+    }
+
+    /// `peer`'s link carried nothing for [`SILENT_FOR`]: skip it for [`DOWN_FOR`]
+    /// (the link stays open, so a peer that was only stalled keeps its streams).
+    pub fn mark_silent(&self, peer: &str) {
+        tracing::warn!(%peer, "mesh peer silent for {SILENT_FOR:?}; new streams skip it for {DOWN_FOR:?}");
+        self.links.entry(peer.to_string()).or_default().mark_down();
     }
 
     /// Every live link, dialed and accepted (links being dialed are skipped).
@@ -183,6 +255,39 @@ impl Mesh {
                     .unwrap_or(true)
             })
             .count()
+    }
+}
+
+/// One mesh handshake with `peer`, hello included, within [`MESH_DIAL_TIMEOUT`].
+async fn dial_peer(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    token: &str,
+    peer: &RelayInfo,
+) -> Result<Connection, MeshError> {
+    let addr: SocketAddr = peer.quic_addr.parse().map_err(|_| MeshError::BadAddress {
+        peer: peer.name.clone(),
+        addr: peer.quic_addr.clone(),
+    })?;
+    let dialed = tokio::time::timeout(
+        MESH_DIAL_TIMEOUT,
+        dial::connect_with(endpoint, config, addr, &peer.server_name, token),
+    )
+    .await;
+    match dialed {
+        Ok(Ok(session)) => {
+            tracing::debug!(peer = %peer.name, %addr, "mesh link up");
+            // The control stream stays open for the link's life; nothing uses it yet.
+            drop(session.control);
+            Ok(session.conn)
+        }
+        Ok(Err(source)) => Err(MeshError::Dial {
+            peer: peer.name.clone(),
+            source,
+        }),
+        Err(_) => Err(MeshError::Timeout {
+            peer: peer.name.clone(),
+        }),
     }
 }
 

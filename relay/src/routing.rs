@@ -341,7 +341,21 @@ async fn forward(
         .link(peer)
         .await
         .map_err(|e| Hop::Next(e.to_string()))?;
-    match dial::open_stream(&conn, header, dial::mesh_reply_timeout(header.hops)).await {
+    // A killed peer's link stays open until quinn's idle timeout; its silence tells
+    // sooner. The abandoned stream is dropped with the future: should the peer only
+    // have stalled, it sees the header end there and its answer goes nowhere.
+    let answer = tokio::select! {
+        answer = dial::open_stream(&conn, header, dial::mesh_reply_timeout(header.hops)) => answer,
+        () = ferry_transport::liveness::silence(&conn, crate::mesh::SILENT_FOR) => {
+            shared.mesh.mark_silent(&peer.name);
+            return Err(Hop::Next(format!(
+                "relay {} sent nothing for {:?}",
+                peer.name,
+                crate::mesh::SILENT_FOR
+            )));
+        }
+    };
+    match answer {
         Ok(streams) => {
             shared.metrics.stream_forwarded();
             Ok(streams)

@@ -8,6 +8,7 @@ pub mod control_client;
 pub mod dial;
 pub mod frame_io;
 pub mod gso;
+pub mod liveness;
 pub mod probe;
 pub mod quic;
 pub mod splice;

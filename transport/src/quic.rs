@@ -69,6 +69,10 @@ impl Limits {
     }
 }
 
+/// How often each end of an idle mesh link sends something: a live peer is never
+/// silent for much longer (see [`crate::liveness`]).
+pub const MESH_KEEP_ALIVE: Duration = Duration::from_millis(250);
+
 impl Limits {
     /// For relay-to-relay mesh links: a killed peer must be noticed within about a
     /// second so that streams fail over to the standby. Frequent keep-alives cost a
@@ -78,7 +82,7 @@ impl Limits {
     pub fn mesh() -> Limits {
         Limits {
             idle_timeout: Duration::from_millis(1200),
-            keep_alive: Duration::from_millis(250),
+            keep_alive: MESH_KEEP_ALIVE,
             max_udp_payload: MESH_MAX_UDP_PAYLOAD,
             ..Limits::default()
         }
@@ -278,12 +282,12 @@ pub fn client_config(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
     /// A relay's endpoint on loopback, as relays build theirs.
-    fn relay_endpoint(ca: &ferry_certs::Ca) -> quinn::Endpoint {
+    pub(crate) fn relay_endpoint(ca: &ferry_certs::Ca) -> quinn::Endpoint {
         let leaf = ca
             .issue(&["127.0.0.1".into()], ferry_certs::Usage::Server)
             .unwrap();
