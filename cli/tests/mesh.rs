@@ -139,7 +139,7 @@ async fn a_killed_owner_fails_over_to_the_standby_within_a_second() -> anyhow::R
     // New streams keep being served promptly while the entry relay still counts the
     // dead owner among its peers: its link closes (quinn's idle timeout), and each
     // redial of the dead peer runs in the background instead of holding a stream for
-    // the whole dial timeout (2 s, as it did once a second here before).
+    // the whole dial timeout (2 s, for one stream every few seconds here before).
     let mut slowest = Duration::ZERO;
     while t0.elapsed() < Duration::from_secs(5) {
         let started = Instant::now();

@@ -57,7 +57,7 @@ struct PeerLink {
     health: std::sync::Mutex<Health>,
 }
 
-#[derive(Default, Clone, Copy)]
+#[derive(Default)]
 struct Health {
     /// Streams skip the peer until then: a dial failed or the link went silent.
     down_until: Option<Instant>,
@@ -66,20 +66,26 @@ struct Health {
     suspect: bool,
 }
 
+impl Health {
+    fn skipped(&self) -> bool {
+        self.down_until.is_some_and(|t| Instant::now() < t)
+    }
+}
+
 impl PeerLink {
     fn health(&self) -> std::sync::MutexGuard<'_, Health> {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn is_down(&self) -> bool {
-        self.health().down_until.is_some_and(|t| Instant::now() < t)
+        self.health().skipped()
     }
 
     /// Whether this caller may start a redial: none is under way, and the peer is not
     /// skipped. While one runs, streams skip the peer rather than queue behind it.
     fn claim_redial(&self) -> bool {
         let mut health = self.health();
-        if health.down_until.is_some_and(|t| Instant::now() < t) {
+        if health.skipped() {
             return false;
         }
         *health = Health {

@@ -24,9 +24,9 @@ pub async fn silence(conn: &Connection, quiet: Duration) {
     let mut last_heard = Instant::now();
     loop {
         tokio::time::sleep(step).await;
-        let now = conn.stats().udp_rx.datagrams;
-        if now != heard {
-            heard = now;
+        let count = conn.stats().udp_rx.datagrams;
+        if count != heard {
+            heard = count;
             last_heard = Instant::now();
         } else if last_heard.elapsed() >= quiet {
             return;
