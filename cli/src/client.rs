@@ -137,6 +137,13 @@ fn order_relays(
     out
 }
 
+/// How long the relay may send nothing at all while we wait for a stream's answer
+/// before we take it for dead and go to the next one: three keep-alive intervals (it
+/// acknowledges each of our pings), or four round trips on a slow path.
+fn relay_silent_for(conn: &quinn::Connection) -> Duration {
+    (ferry_transport::quic::CLIENT_KEEP_ALIVE * 3).max(conn.rtt() * 4)
+}
+
 fn retryable(e: &StreamError, since_start: Duration) -> bool {
     match e.code() {
         Some(ErrorCode::Draining | ErrorCode::Overloaded) => true,
@@ -177,7 +184,7 @@ impl WorkspaceConnection {
             settings.local_ip,
             addr,
             tls,
-            &Limits::default(),
+            &Limits::client(),
         )?;
         let mut conn = WorkspaceConnection {
             control: ControlClient::new(&settings.control_url, &settings.ca_pem).ok(),
@@ -220,7 +227,14 @@ impl WorkspaceConnection {
                 let session = current.session.as_ref().expect("connected above");
                 (session.conn.clone(), current.index)
             };
-            let err = match dial::open_stream(&conn, &header, dial::STREAM_REPLY_TIMEOUT).await {
+            let err = match dial::open_stream_or_silence(
+                &conn,
+                &header,
+                dial::STREAM_REPLY_TIMEOUT,
+                relay_silent_for(&conn),
+            )
+            .await
+            {
                 Ok(streams) => return Ok(streams),
                 Err(e) => e,
             };

@@ -6,6 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use common::*;
 use ferry_proto::token::TokenKind;
 
@@ -165,6 +166,65 @@ async fn a_killed_owner_fails_over_to_the_standby_within_a_second() -> anyhow::R
         .ferry_tcp_via(&owner, &user, "demo", &echo.to_string(), &payload)
         .await?;
     assert!(ok && out == payload, "via the dead relay first: {err}");
+    Ok(())
+}
+
+/// One connection through a port-forward: the payload goes out, the echo comes back.
+async fn echo_via_forward(forward: std::net::SocketAddr, payload: &[u8]) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(forward).await?;
+    tcp.write_all(payload).await?;
+    tcp.shutdown().await?;
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await?;
+    anyhow::ensure!(
+        out == payload,
+        "{} bytes back for {} sent, or corrupted",
+        out.len(),
+        payload.len()
+    );
+    Ok(())
+}
+
+/// A long-lived `ferry port-forward` whose relay is killed: nothing closes its QUIC
+/// connection, which would stay open for its 30 s idle timeout, and a new stream on it
+/// waited out the 15 s stream timeout before the CLI tried another relay. The CLI
+/// pings its relay every second and takes three silent seconds for death.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_forward_moves_on_when_its_relay_is_killed() -> anyhow::Result<()> {
+    let (mut net, user) = mesh_network("mesh-forward-kill").await?;
+    let echo = echo_server().await;
+    // Through the relay that is neither the agent's owner nor its standby, so that
+    // only the client's side of the path dies.
+    let (_owner, _standby, other) = eu_placement(WORKSPACE);
+    let (mut forward_child, forward) = net
+        .port_forward_env(&user, "demo", echo, &[("FERRY_RELAY", &other)])
+        .await?;
+    let payload = random_bytes(64 * 1024);
+    echo_via_forward(forward, &payload).await?;
+
+    let mut killed = net.take_relay(&other);
+    killed.child.kill().await?;
+    killed.child.wait().await?;
+    let t0 = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), echo_via_forward(forward, &payload))
+        .await
+        .context("no answer through the port-forward within 30 s")??;
+    let moved = t0.elapsed();
+    println!("port-forward: a new stream after its relay's SIGKILL took {moved:?}");
+    assert!(
+        moved < Duration::from_secs(6),
+        "the port-forward took {moved:?} to move on"
+    );
+    // It stays on the relay it moved to.
+    let t1 = Instant::now();
+    echo_via_forward(forward, &payload).await?;
+    assert!(
+        t1.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t1.elapsed()
+    );
+    forward_child.kill().await?;
     Ok(())
 }
 

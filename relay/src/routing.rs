@@ -342,23 +342,26 @@ async fn forward(
         .await
         .map_err(|e| Hop::Next(e.to_string()))?;
     // A killed peer's link stays open until quinn's idle timeout; its silence tells
-    // sooner. The abandoned stream is dropped with the future: should the peer only
-    // have stalled, it sees the header end there and its answer goes nowhere.
-    let answer = tokio::select! {
-        answer = dial::open_stream(&conn, header, dial::mesh_reply_timeout(header.hops)) => answer,
-        () = ferry_transport::liveness::silence(&conn, crate::mesh::SILENT_FOR) => {
-            shared.mesh.mark_silent(&peer.name);
-            return Err(Hop::Next(format!(
-                "relay {} sent nothing for {:?}",
-                peer.name,
-                crate::mesh::SILENT_FOR
-            )));
-        }
-    };
+    // sooner. The abandoned stream is dropped: should the peer only have stalled, it
+    // sees the header end there and its answer goes nowhere.
+    let answer = dial::open_stream_or_silence(
+        &conn,
+        header,
+        dial::mesh_reply_timeout(header.hops),
+        crate::mesh::SILENT_FOR,
+    )
+    .await;
     match answer {
         Ok(streams) => {
             shared.metrics.stream_forwarded();
             Ok(streams)
+        }
+        Err(StreamError::Silent(quiet)) => {
+            shared.mesh.mark_silent(&peer.name);
+            Err(Hop::Next(format!(
+                "relay {} sent nothing for {quiet:?}",
+                peer.name
+            )))
         }
         Err(StreamError::Refused(frame)) => match frame.code {
             ErrorCode::AgentNotConnected | ErrorCode::Draining | ErrorCode::Overloaded => {

@@ -155,6 +155,10 @@ pub enum StreamError {
     Frame(#[from] FrameError),
     #[error("no answer to the stream header within {0:?}")]
     Timeout(Duration),
+    /// Nothing at all came back on the connection for this long: the far end is
+    /// taken for dead ([`crate::liveness`]), though the connection is still open.
+    #[error("the far end sent nothing for {0:?}")]
+    Silent(Duration),
     /// The far end refused the stream, with its reason.
     #[error("{0}")]
     Refused(ErrorFrame),
@@ -186,5 +190,22 @@ pub async fn open_stream(
     match reply {
         Reply::Ok => Ok((send, recv)),
         Reply::Error(frame) => Err(StreamError::Refused(frame)),
+    }
+}
+
+/// [`open_stream`], giving up as soon as the connection has carried nothing for
+/// `quiet` ([`StreamError::Silent`]): a killed peer's connection stays open until its
+/// idle timeout, and the stream would wait that long or the whole `timeout`. `quiet`
+/// must exceed the connection's keep-alive interval, which is what a live but idle
+/// peer may take to send something.
+pub async fn open_stream_or_silence(
+    conn: &Connection,
+    header: &StreamHeader,
+    timeout: Duration,
+    quiet: Duration,
+) -> Result<(SendStream, RecvStream), StreamError> {
+    tokio::select! {
+        answer = open_stream(conn, header, timeout) => answer,
+        () = crate::liveness::silence(conn, quiet) => Err(StreamError::Silent(quiet)),
     }
 }

@@ -73,6 +73,24 @@ impl Limits {
 /// silent for much longer (see [`crate::liveness`]).
 pub const MESH_KEEP_ALIVE: Duration = Duration::from_millis(250);
 
+/// How often a developer's CLI pings its relay while idle. Its relay acknowledges each
+/// ping, so a CLI waiting on a stream hears from a live relay at least this often and
+/// can take a few silent intervals for a dead one (see [`crate::liveness`]): a ping a
+/// second per client costs a relay next to nothing.
+pub const CLIENT_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
+impl Limits {
+    /// For a developer's CLI connection to its relay: keep-alives frequent enough
+    /// that a relay killed under a long-lived `ferry port-forward` is noticed within
+    /// seconds, not at the 30 s idle timeout.
+    pub fn client() -> Limits {
+        Limits {
+            keep_alive: CLIENT_KEEP_ALIVE,
+            ..Limits::default()
+        }
+    }
+}
+
 impl Limits {
     /// For relay-to-relay mesh links: a killed peer must be noticed within about a
     /// second so that streams fail over to the standby. Frequent keep-alives cost a
