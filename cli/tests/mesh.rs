@@ -137,6 +137,11 @@ async fn a_killed_owner_fails_over_to_the_standby_within_a_second() -> anyhow::R
         "failover took {failover:?}"
     );
 
+    // The entry relay counted the dead owner's silence, for operators.
+    let scraped = scrape(net.relay(&other).admin).await?;
+    let silent = scraped.sum("ferry_relay_mesh_peers_silent_total", &[]);
+    assert!(silent >= 1.0, "{other} counted {silent} silent peers");
+
     // New streams keep being served promptly while the entry relay still counts the
     // dead owner among its peers: its link closes (quinn's idle timeout), and each
     // redial of the dead peer runs in the background instead of holding a stream for

@@ -30,6 +30,7 @@ pub const REFUSALS: &str = "ferry_relay_refusals_total";
 pub const MESH_RTT: &str = "ferry_relay_mesh_rtt_seconds";
 pub const MESH_LINKS: &str = "ferry_relay_mesh_links";
 pub const MESH_UDP_PAYLOAD: &str = "ferry_relay_mesh_udp_payload_bytes";
+pub const MESH_PEERS_SILENT: &str = "ferry_relay_mesh_peers_silent_total";
 pub const AGENT_RTT: &str = "ferry_relay_agent_rtt_seconds";
 pub const DRAINING: &str = "ferry_relay_draining";
 pub const STREAM_LIMIT: &str = "ferry_relay_stream_limit";
@@ -92,6 +93,7 @@ pub(crate) struct RelayMetrics {
     bytes_up: Counter,
     bytes_down: Counter,
     mesh_links: Gauge,
+    peers_silent: Counter,
     agent_rtt: Histogram,
     draining: Gauge,
 }
@@ -156,6 +158,11 @@ fn describe() {
         Unit::Bytes,
         "UDP payload this relay sends on each mesh link (side: dialed by us, or accepted from the peer), as MTU discovery found it. Above 1452 the path carries jumbo packets."
     );
+    describe_counter!(
+        MESH_PEERS_SILENT,
+        Unit::Count,
+        "Times a peer relay's link carried nothing for 0.5 s while a stream waited on it: the peer was taken for dead (killed, cut off) and the stream went to the next relay."
+    );
     describe_histogram!(
         AGENT_RTT,
         Unit::Seconds,
@@ -199,6 +206,7 @@ impl RelayMetrics {
             bytes_up: metrics::counter!(BYTES, "relay" => r.clone(), "direction" => "up"),
             bytes_down: metrics::counter!(BYTES, "relay" => r.clone(), "direction" => "down"),
             mesh_links: metrics::gauge!(MESH_LINKS, "relay" => r.clone()),
+            peers_silent: metrics::counter!(MESH_PEERS_SILENT, "relay" => r.clone()),
             agent_rtt: metrics::histogram!(AGENT_RTT, "relay" => r.clone()),
             draining: metrics::gauge!(DRAINING, "relay" => r.clone()),
             relay: r,
@@ -232,6 +240,12 @@ impl RelayMetrics {
 
     pub fn stream_forwarded(&self) {
         self.forwarded.increment(1);
+    }
+
+    /// A mesh peer went silent under a waiting stream ([`crate::mesh::SILENT_FOR`]);
+    /// the relay's log names it.
+    pub fn peer_silent(&self) {
+        self.peers_silent.increment(1);
     }
 
     pub fn bytes_up(&self) -> &Counter {

@@ -358,6 +358,7 @@ async fn forward(
         }
         Err(StreamError::Silent(quiet)) => {
             shared.mesh.mark_silent(&peer.name);
+            shared.metrics.peer_silent();
             Err(Hop::Next(format!(
                 "relay {} sent nothing for {quiet:?}",
                 peer.name
