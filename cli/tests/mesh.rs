@@ -193,8 +193,9 @@ async fn echo_via_forward(forward: std::net::SocketAddr, payload: &[u8]) -> anyh
 
 /// A long-lived `ferry port-forward` whose relay is killed: nothing closes its QUIC
 /// connection, which would stay open for its 30 s idle timeout, and a new stream on it
-/// waited out the 15 s stream timeout before the CLI tried another relay. The CLI
-/// pings its relay every second and takes three silent seconds for death.
+/// waited out the 15 s stream timeout and then failed (past the CLI's 12 s retry
+/// window). The CLI pings its relay every second and takes three silent seconds for
+/// death.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_forward_moves_on_when_its_relay_is_killed() -> anyhow::Result<()> {
     let (mut net, user) = mesh_network("mesh-forward-kill").await?;
