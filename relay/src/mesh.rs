@@ -114,7 +114,8 @@ impl PeerLink {
     }
 }
 
-fn live(conn: &Option<Connection>) -> Option<Connection> {
+/// The link in `conn` if it is still open.
+fn open_link(conn: &Option<Connection>) -> Option<Connection> {
     conn.as_ref()
         .filter(|c| c.close_reason().is_none())
         .cloned()
@@ -170,7 +171,7 @@ impl Mesh {
         }
         if !entry.health().suspect {
             let mut conn = entry.conn.lock().await;
-            if let Some(c) = live(&conn) {
+            if let Some(c) = open_link(&conn) {
                 return Ok(c);
             }
             if conn.is_none() {
@@ -193,7 +194,7 @@ impl Mesh {
             );
             tokio::spawn(async move {
                 let mut conn = entry.conn.lock().await;
-                if let Some(c) = live(&conn) {
+                if let Some(c) = open_link(&conn) {
                     *entry.health() = Health::default();
                     return Ok(c);
                 }
@@ -242,10 +243,8 @@ impl Mesh {
         self.links
             .iter()
             .filter_map(|l| {
-                let conn = l.conn.try_lock().ok()?.clone()?;
-                conn.close_reason()
-                    .is_none()
-                    .then(|| (l.key().clone(), conn))
+                let conn = open_link(&*l.conn.try_lock().ok()?)?;
+                Some((l.key().clone(), conn))
             })
             .collect()
     }
@@ -257,7 +256,7 @@ impl Mesh {
             .filter(|l| {
                 l.conn
                     .try_lock()
-                    .map(|c| c.as_ref().is_some_and(|c| c.close_reason().is_none()))
+                    .map(|c| open_link(&c).is_some())
                     .unwrap_or(true)
             })
             .count()
