@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::frame::MAX_HOPS;
-use ferry_proto::{ErrorCode, ErrorFrame, Reply, StreamHeader};
+use ferry_proto::{ErrorCode, ErrorFrame, Reply, StreamHeader, WorkspaceLabel};
 use ferry_transport::dial::{self, StreamError};
 use ferry_transport::frame_io::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
@@ -253,18 +253,23 @@ async fn open_upstream(
             return Ok(streams);
         }
     }
+    Err(unreachable(workspace, &shared.name, &tried))
+}
+
+/// The answer when no relay could reach the workspace's agent: `tried` says why, one
+/// entry per candidate, so the user sees every relay that was asked.
+pub(crate) fn unreachable(workspace: &WorkspaceLabel, relay: &str, tried: &[String]) -> ErrorFrame {
     let detail = if tried.is_empty() {
         String::new()
     } else {
         format!(" ({})", tried.join("; "))
     };
-    Err(ErrorFrame::new(
+    ErrorFrame::new(
         ErrorCode::AgentNotConnected,
         format!(
-            "workspace `{workspace}` has no connected agent reachable from relay {}{detail}",
-            shared.name
+            "workspace `{workspace}` has no connected agent reachable from relay {relay}{detail}"
         ),
-    ))
+    )
 }
 
 /// The mesh peers a stream for `header`'s workspace goes to, in order: the relays of

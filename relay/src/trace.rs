@@ -4,7 +4,7 @@
 //! agent connection unless draining, else the mesh peers that should hold the agent.
 
 use ferry_proto::frame::MAX_HOPS;
-use ferry_proto::{ErrorCode, ErrorFrame, Reply, StreamHeader, TraceHop, TraceReport};
+use ferry_proto::{ErrorFrame, Reply, StreamHeader, TraceHop, TraceReport};
 use ferry_transport::dial;
 use ferry_transport::frame_io::{read_frame, write_frame};
 use quinn::{RecvStream, SendStream};
@@ -87,16 +87,9 @@ async fn trace(
             hops: vec![TraceHop::new(me, agent_name, agent.conn.rtt())],
         });
     }
-    let detail = if tried.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", tried.join("; "))
-    };
-    Err(ErrorFrame::new(
-        ErrorCode::AgentNotConnected,
-        format!(
-            "workspace `{}` has no connected agent reachable from relay {}{detail}",
-            header.workspace, shared.name
-        ),
+    Err(crate::routing::unreachable(
+        &header.workspace,
+        &shared.name,
+        &tried,
     ))
 }

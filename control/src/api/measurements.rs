@@ -216,19 +216,24 @@ pub(crate) async fn series(
     Ok(Json(MeasurementsSeriesResponse { resolution, series }))
 }
 
+/// Each known relay's region, by relay name.
+async fn region_of_relays(state: &State) -> Result<HashMap<String, String>, ApiError> {
+    Ok(state
+        .store()
+        .relays()
+        .await?
+        .into_iter()
+        .map(|r| (r.name, r.region))
+        .collect())
+}
+
 /// `GET /api/v1/measurements/matrix`.
 pub(crate) async fn matrix(
     AxState(state): AxState<Arc<State>>,
     headers: HeaderMap,
 ) -> ApiResult<LatencyMatrixResponse> {
     authorize(&state, &headers, READERS).await?;
-    let region_of: HashMap<String, String> = state
-        .store()
-        .relays()
-        .await?
-        .into_iter()
-        .map(|r| (r.name, r.region))
-        .collect();
+    let region_of = region_of_relays(&state).await?;
     let latest = state
         .store()
         .latest_mesh(now_ms() - m::MATRIX_WINDOW_MS as i64)
@@ -322,13 +327,7 @@ pub(crate) async fn relay_load(
         .since
         .unwrap_or(now - 15 * m::MINUTE_MS as i64)
         .max(now - m::LOAD_RETENTION_MS as i64);
-    let region_of: HashMap<String, String> = state
-        .store()
-        .relays()
-        .await?
-        .into_iter()
-        .map(|r| (r.name, r.region))
-        .collect();
+    let region_of = region_of_relays(&state).await?;
     let mut relays: Vec<RelayLoad> = Vec::new();
     for row in state.store().relay_load(since).await? {
         let point = RelayLoadPoint {
