@@ -191,6 +191,11 @@ impl Ca {
     pub fn cert_path(dir: &Path) -> PathBuf {
         dir.join(CA_CERT_FILE)
     }
+
+    /// Path of the CA's private key inside a data directory.
+    pub fn key_path(dir: &Path) -> PathBuf {
+        dir.join(CA_KEY_FILE)
+    }
 }
 
 /// Parses every certificate in a PEM document.

@@ -10,7 +10,7 @@ use ferry_proto::api::{
 use ferry_transport::ControlClient;
 
 use crate::cmd_login::read_password;
-use crate::cmd_servers::read_ca;
+use crate::cmd_servers::{read_ca, secret_arg};
 
 #[derive(Debug, clap::Args)]
 pub struct AdminArgs {
@@ -67,17 +67,6 @@ pub enum KeysCommand {
         #[arg(long)]
         drop_old: bool,
     },
-}
-
-/// Reads a secret given inline or as `@PATH`.
-pub fn secret_arg(value: &str) -> Result<String> {
-    match value.strip_prefix('@') {
-        Some(path) => Ok(std::fs::read_to_string(path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .to_string()),
-        None => Ok(value.to_string()),
-    }
 }
 
 pub async fn run(args: AdminArgs) -> Result<()> {

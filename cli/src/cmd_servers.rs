@@ -40,8 +40,8 @@ pub struct ControlArgs {
     /// HTTPS address for the API
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:7443")]
     pub listen: SocketAddr,
-    /// Host names and IPs the API certificate covers (repeatable)
-    #[arg(long = "name", default_values = ["localhost", "127.0.0.1"])]
+    /// Host names and IPs the API certificate covers (repeatable, or comma-separated in the variable)
+    #[arg(long = "name", env = "FERRY_NAMES", value_delimiter = ',', default_values = ["localhost", "127.0.0.1"])]
     pub names: Vec<String>,
     /// Plain-HTTP admin address (/healthz, /readyz, /metrics), apart from the API; port 0 picks a free port
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
@@ -49,6 +49,11 @@ pub struct ControlArgs {
     /// PostgreSQL URL (postgres://USER:PASSWORD@HOST/DB) [default: SQLite in the data dir]
     #[arg(long, env = "FERRY_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Create the certificate authority in the data dir (unless it has one), print
+    /// where its files are, and exit: the way to make one CA that several replicas
+    /// share (e.g. as a Kubernetes Secret)
+    #[arg(long)]
+    pub init_ca: bool,
     /// Write a JSON file with the URL and file paths once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
@@ -56,6 +61,19 @@ pub struct ControlArgs {
 
 pub async fn control(args: ControlArgs, cancel: CancellationToken) -> Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(|| default_data_dir("control"));
+    if args.init_ca {
+        ferry_certs::Ca::load_or_create(&data_dir)
+            .with_context(|| format!("creating the CA in {}", data_dir.display()))?;
+        println!(
+            "CA certificate: {}",
+            ferry_certs::Ca::cert_path(&data_dir).display()
+        );
+        println!(
+            "CA key:         {} (keep it secret: it signs for any name)",
+            ferry_certs::Ca::key_path(&data_dir).display()
+        );
+        return Ok(());
+    }
     let config = ControlConfig {
         data_dir: data_dir.clone(),
         listen: args.listen,
@@ -109,6 +127,22 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Reads a secret given inline or as `@PATH` (a file, e.g. a mounted Kubernetes
+/// Secret: the secret then never shows in the process list).
+pub fn secret_arg(value: &str) -> Result<String> {
+    let Some(path) = value.strip_prefix('@') else {
+        return Ok(value.to_string());
+    };
+    let secret = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_string();
+    if secret.is_empty() {
+        bail!("{path} is empty: it should hold a token");
+    }
+    Ok(secret)
+}
+
 pub fn read_ca(path: &Path) -> Result<String> {
     std::fs::read_to_string(path)
         .with_context(|| format!("reading CA certificate {}", path.display()))
@@ -126,10 +160,11 @@ pub struct RelayArgs {
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:4433")]
     pub listen: SocketAddr,
     /// Address announced to agents and clients [default: the bound address]
-    #[arg(long)]
+    #[arg(long, env = "FERRY_ADVERTISE")]
     pub advertise: Option<SocketAddr>,
-    /// Names for the relay's certificate (repeatable; the first is its TLS name)
-    #[arg(long = "cert-name", default_values = ["localhost", "127.0.0.1"])]
+    /// Names for the relay's certificate (repeatable, or comma-separated in the
+    /// variable; the first is its TLS name)
+    #[arg(long = "cert-name", env = "FERRY_CERT_NAMES", value_delimiter = ',', default_values = ["localhost", "127.0.0.1"])]
     pub cert_names: Vec<String>,
     /// Control plane URL
     #[arg(long = "control", env = "FERRY_CONTROL_URL")]
@@ -137,7 +172,7 @@ pub struct RelayArgs {
     /// CA certificate (PEM)
     #[arg(long = "ca", env = "FERRY_CA")]
     pub ca_file: PathBuf,
-    /// Relay token
+    /// Relay token (or a file holding it with @PATH, which keeps it out of `ps`)
     #[arg(long, env = "FERRY_RELAY_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Where the relay caches its certificate, token keys and revocations, to restart
@@ -178,7 +213,7 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         args.region.clone(),
         args.control_url.clone(),
         read_ca(&args.ca_file)?,
-        args.token.clone(),
+        secret_arg(&args.token)?,
     );
     config.listen = args.listen;
     config.advertise = args.advertise;
@@ -247,7 +282,7 @@ pub struct AgentArgs {
     /// CA certificate (PEM)
     #[arg(long = "ca", env = "FERRY_CA")]
     pub ca_file: PathBuf,
-    /// Agent token (names the workspace)
+    /// Agent token (names the workspace; or a file holding it with @PATH)
     #[arg(long, env = "FERRY_AGENT_TOKEN", hide_env_values = true)]
     pub token: String,
     /// Home region, pinned (with fallback to the nearest other while it does not
@@ -284,7 +319,11 @@ pub struct AgentArgs {
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
-    let mut config = AgentConfig::new(args.control_url, read_ca(&args.ca_file)?, args.token);
+    let mut config = AgentConfig::new(
+        args.control_url,
+        read_ca(&args.ca_file)?,
+        secret_arg(&args.token)?,
+    );
     config.region = args.region.filter(|r| r != "auto");
     config.local_ip = args.local_ip;
     config.probe_interval = Duration::from_millis(args.probe_ms.max(50));
@@ -368,13 +407,7 @@ fn parse_kind(s: &str) -> Result<TokenKind, String> {
 }
 
 pub async fn token(args: TokenArgs) -> Result<()> {
-    let admin = match args.admin_token.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("reading {path}"))?
-            .trim()
-            .to_string(),
-        None => args.admin_token.clone(),
-    };
+    let admin = secret_arg(&args.admin_token)?;
     let control = ControlClient::new(&args.control_url, &read_ca(&args.ca_file)?)?;
     let resp: MintTokenResponse = control
         .post(
@@ -396,4 +429,35 @@ pub async fn token(args: TokenArgs) -> Result<()> {
     }
     println!("{}", resp.token);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_is_taken_inline_or_read_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("ferry-secret-arg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "tok.en.sig\n").unwrap();
+        let empty = dir.join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+
+        assert_eq!(secret_arg("tok.en.sig").unwrap(), "tok.en.sig");
+        assert_eq!(
+            secret_arg(&format!("@{}", file.display())).unwrap(),
+            "tok.en.sig",
+            "the file's trailing newline is not part of the token"
+        );
+        let missing = format!("@{}", dir.join("missing").display());
+        let err = format!("{:#}", secret_arg(&missing).unwrap_err());
+        assert!(err.contains("missing"), "names the file: {err}");
+        let err = format!(
+            "{:#}",
+            secret_arg(&format!("@{}", empty.display())).unwrap_err()
+        );
+        assert!(err.contains("is empty"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

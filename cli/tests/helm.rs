@@ -1,0 +1,569 @@
+//! The Helm chart (deploy/helm/ferry), rendered by a real `helm`: it lints, it refuses
+//! values that cannot work with a message naming them, and the control plane and
+//! relay it describes run. The last test starts both from the rendered manifests the
+//! way the kubelet would (arguments with `$(VAR)` expanded from the container's
+//! environment, Secrets and volumes as files at their mount paths), then carries
+//! bytes from a client through that relay to an agent.
+//!
+//! `helm` comes from `FERRY_HELM` or the PATH (`.ci/run` installs it). In CI a missing
+//! helm is a failure; elsewhere the tests that need it say SKIPPED and pass. The CA
+//! the chart's Secret holds comes from `ferry control --init-ca`, tested here too.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::*;
+use ferry_proto::api::RegionsResponse;
+use ferry_proto::token::TokenKind;
+use serde::Deserialize;
+use serde_json::Value;
+
+fn chart() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/ferry")
+}
+
+/// The helm binary, or `None` (outside CI) after saying the test is skipped.
+fn helm(test: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("FERRY_HELM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::split_paths(&std::env::var_os("PATH")?)
+                .map(|dir| dir.join("helm"))
+                .find(|p| p.is_file())
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: helm is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED {test}: helm is not installed (see .ci/run for where to get it)");
+    }
+    found
+}
+
+/// `helm template` with `--set` values: the rendered objects, or helm's error text.
+fn render(helm: &Path, sets: &[String]) -> Result<Vec<Value>, String> {
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "ferry"]).arg(chart());
+    for set in sets {
+        cmd.arg("--set").arg(set);
+    }
+    let out = cmd.output().map_err(|e| format!("running helm: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut objects = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = Value::deserialize(doc).map_err(|e| format!("helm printed bad YAML: {e}"))?;
+        if !value.is_null() {
+            objects.push(value);
+        }
+    }
+    Ok(objects)
+}
+
+fn sets(values: &[&str]) -> Vec<String> {
+    values.iter().map(|s| s.to_string()).collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+}
+
+fn args_of(workload: &Value) -> Vec<String> {
+    workload["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_string())
+        .collect()
+}
+
+#[test]
+fn the_chart_lints_and_refuses_values_that_cannot_work() {
+    let Some(helm) = helm("the_chart_lints_and_refuses_values_that_cannot_work") else {
+        return;
+    };
+    let lint = Command::new(&helm)
+        .args(["lint", "--strict"])
+        .arg(chart())
+        .args([
+            "--set",
+            "control.names={ferry.example.com}",
+            "--set",
+            "control.database.secret=db",
+        ])
+        .output()
+        .expect("run helm lint");
+    assert!(
+        lint.status.success(),
+        "helm lint --strict: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+
+    let refused = |values: &[&str], says: &str| {
+        let err = render(&helm, &sets(values)).expect_err("helm should refuse these values");
+        assert!(
+            err.contains(says),
+            "{values:?}: expected `{says}` in: {err}"
+        );
+    };
+    refused(&[], "control.names is required");
+    refused(&["control.names={a.example}"], "needs PostgreSQL");
+    refused(
+        &[
+            "control.names={a.example}",
+            "control.replicas=1",
+            "relays.regions[0].name=EU_1",
+        ],
+        "not a usable region name",
+    );
+    refused(
+        &[
+            "control.names={a.example}",
+            "control.replicas=1",
+            "caSecret=",
+        ],
+        "caSecret is required",
+    );
+
+    // Two replicas on PostgreSQL, two regions.
+    let objects = render(
+        &helm,
+        &sets(&[
+            "control.names={ferry.example.com}",
+            "control.database.secret=ferry-database",
+            "relays.regions[0].name=eu",
+            "relays.regions[1].name=us",
+            "relays.regions[1].replicas=3",
+            "relays.regions[1].appsDomain=apps.us.example.com",
+        ]),
+    )
+    .expect("render");
+    let control = find(&objects, "Deployment", "ferry-control").expect("control Deployment");
+    assert_eq!(control["spec"]["replicas"], 2);
+    let env = &control["spec"]["template"]["spec"]["containers"][0]["env"];
+    let database = env
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "FERRY_DATABASE_URL")
+        .expect("the database URL comes from the Secret");
+    assert_eq!(
+        database["valueFrom"]["secretKeyRef"]["name"],
+        "ferry-database"
+    );
+    assert!(
+        find(&objects, "PersistentVolumeClaim", "ferry-control").is_none(),
+        "replicas on PostgreSQL keep no volume"
+    );
+    let names = args_of(control);
+    for name in ["ferry.example.com", "ferry-control.default.svc"] {
+        assert!(
+            names.iter().any(|a| a == name),
+            "API certificate names {name}: {names:?}"
+        );
+    }
+
+    for (region, replicas) in [("eu", 2), ("us", 3)] {
+        let name = format!("ferry-relay-{region}");
+        let relays = find(&objects, "StatefulSet", &name).expect("one StatefulSet a region");
+        assert_eq!(relays["spec"]["replicas"], replicas);
+        let args = args_of(relays);
+        let region_at = args.iter().position(|a| a == "--region").unwrap();
+        assert_eq!(args[region_at + 1], region);
+        assert_eq!(
+            args.iter().any(|a| a == "apps.us.example.com"),
+            region == "us"
+        );
+        // A relay gets the CA's certificate, never its key.
+        let volumes = relays["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap();
+        let ca = volumes.iter().find(|v| v["name"] == "ca").unwrap();
+        assert_eq!(ca["secret"]["items"].as_array().unwrap().len(), 1);
+        assert_eq!(ca["secret"]["items"][0]["key"], "ca.pem");
+        assert!(find(&objects, "PodDisruptionBudget", &name).is_some());
+    }
+
+    // One replica without a database keeps SQLite on a volume, replaced, not rolled.
+    let objects = render(
+        &helm,
+        &sets(&["control.names={a.example}", "control.replicas=1"]),
+    )
+    .expect("render");
+    let control = find(&objects, "Deployment", "ferry-control").unwrap();
+    assert_eq!(control["spec"]["strategy"]["type"], "Recreate");
+    assert!(find(&objects, "PersistentVolumeClaim", "ferry-control").is_some());
+}
+
+/// `ferry control --init-ca` makes the CA that the chart's Secret holds: once, then the
+/// same one on every later run, with the key readable by its owner only.
+#[test]
+fn init_ca_makes_a_ca_once_and_keeps_it() {
+    let dir = TempDir::new("init-ca");
+    let data = dir.0.join("ca");
+    let run = || {
+        let out = Command::new(FERRY)
+            .args(["control", "--init-ca", "--data-dir"])
+            .arg(&data)
+            .env("FERRY_CONFIG", dir.0.join("no-such-config.toml"))
+            .output()
+            .expect("run ferry");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let said = run();
+    assert!(
+        said.contains("ca.pem") && said.contains("ca.key.pem"),
+        "{said}"
+    );
+    let cert = std::fs::read_to_string(data.join("ca.pem")).unwrap();
+    let key = std::fs::read_to_string(data.join("ca.key.pem")).unwrap();
+    assert!(cert.starts_with("-----BEGIN CERTIFICATE-----"), "{cert}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(data.join("ca.key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "the CA key is private: {mode:o}");
+    assert_eq!(
+        std::fs::read_dir(&data).unwrap().count(),
+        2,
+        "only the CA: no store, no admin token"
+    );
+    run();
+    assert_eq!(std::fs::read_to_string(data.join("ca.pem")).unwrap(), cert);
+    assert_eq!(
+        std::fs::read_to_string(data.join("ca.key.pem")).unwrap(),
+        key
+    );
+}
+
+/// A free loopback port, for TCP and UDP alike (relays serve QUIC and HTTPS on one).
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// One container of a rendered workload, made runnable here: what the kubelet would
+/// pass to the process, with mount paths mapped to directories under `root`.
+struct Pod {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+/// Builds the container `workload`'s process as pod `pod_name` on a node at
+/// 127.0.0.1. `secrets` holds each Secret's keys and contents.
+fn pod(
+    workload: &Value,
+    pod_name: &str,
+    root: &Path,
+    secrets: &BTreeMap<&str, BTreeMap<&str, String>>,
+) -> Result<Pod> {
+    let spec = &workload["spec"]["template"]["spec"];
+    let container = &spec["containers"][0];
+
+    // Environment: literal values and the downward API; `$(VAR)` in later entries and
+    // in the arguments refers to earlier ones.
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in container["env"].as_array().into_iter().flatten() {
+        let name = entry["name"].as_str().context("env name")?.to_string();
+        let value = if let Some(v) = entry["value"].as_str() {
+            v.to_string()
+        } else {
+            match entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
+                Some("metadata.name") => pod_name.to_string(),
+                Some("status.hostIP") => "127.0.0.1".to_string(),
+                other => bail!("env {name}: no stand-in for {other:?} in this test"),
+            }
+        };
+        env.push((name, value));
+    }
+
+    // Volumes as directories: a Secret's keys (or its listed items) become files.
+    let mut volumes: BTreeMap<String, PathBuf> = BTreeMap::new();
+    for volume in spec["volumes"].as_array().into_iter().flatten() {
+        let name = volume["name"].as_str().context("volume name")?;
+        let dir = root.join(format!("{pod_name}-{name}"));
+        std::fs::create_dir_all(&dir)?;
+        if let Some(secret) = volume["secret"].as_object() {
+            let secret_name = secret["secretName"].as_str().context("secretName")?;
+            let data = secrets.get(secret_name);
+            let optional = secret.get("optional").and_then(Value::as_bool) == Some(true);
+            ensure!(
+                data.is_some() || optional,
+                "Secret {secret_name} is missing"
+            );
+            let data = data.cloned().unwrap_or_default();
+            match secret.get("items").and_then(Value::as_array) {
+                Some(items) => {
+                    for item in items {
+                        let key = item["key"].as_str().context("item key")?;
+                        let path = item["path"].as_str().context("item path")?;
+                        let content = data.get(key).context("Secret key missing")?;
+                        std::fs::write(dir.join(path), content)?;
+                    }
+                }
+                None => {
+                    for (key, content) in &data {
+                        std::fs::write(dir.join(key), content)?;
+                    }
+                }
+            }
+        }
+        volumes.insert(name.to_string(), dir);
+    }
+
+    // Mounts: a whole volume at a path, or one file of it (subPath) inside another
+    // mount, which is a copy here.
+    let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let container_mounts: Vec<&Value> = container["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    for mount in &container_mounts {
+        if mount.get("subPath").is_none() {
+            let dir = &volumes[mount["name"].as_str().context("mount name")?];
+            mounts.push((
+                mount["mountPath"].as_str().unwrap().to_string(),
+                dir.clone(),
+            ));
+        }
+    }
+    // Longest first, so that the most specific mount maps a path.
+    mounts.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let map_path = |path: &str| -> Option<PathBuf> {
+        mounts.iter().find_map(|(at, dir)| {
+            let rest = path.strip_prefix(at.as_str())?;
+            (rest.is_empty() || rest.starts_with('/'))
+                .then(|| dir.join(rest.trim_start_matches('/')))
+        })
+    };
+    for mount in &container_mounts {
+        if let Some(sub) = mount["subPath"].as_str() {
+            let from = volumes[mount["name"].as_str().unwrap()].join(sub);
+            let at = mount["mountPath"].as_str().unwrap();
+            let to = map_path(at).with_context(|| format!("{at} lies in no mounted volume"))?;
+            std::fs::copy(&from, &to).with_context(|| format!("{sub} into {at}"))?;
+        }
+    }
+
+    let expand = |arg: &str| -> String {
+        let mut arg = arg.to_string();
+        for (name, value) in &env {
+            arg = arg.replace(&format!("$({name})"), value);
+        }
+        arg
+    };
+    let mut args = Vec::new();
+    for arg in container["args"].as_array().context("args")? {
+        let arg = expand(arg.as_str().context("string arg")?);
+        // Loopback only in tests: the chart listens on every address of the pod.
+        let arg = arg.replace("0.0.0.0:", "127.0.0.1:");
+        let (at, path) = match arg.strip_prefix('@') {
+            Some(path) => ("@", path.to_string()),
+            None => ("", arg.clone()),
+        };
+        let arg = match path.starts_with('/').then(|| map_path(&path)).flatten() {
+            Some(mapped) => format!("{at}{}", mapped.display()),
+            None => arg,
+        };
+        args.push(arg);
+    }
+    Ok(Pod { args, env })
+}
+
+async fn wait_ready(admin: SocketAddr, what: &str, log: &Path) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if http_status(admin, "/readyz").await.ok() == Some(200) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{what} never became ready on {admin}; its log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> {
+    let Some(helm) = helm("the_charts_control_plane_and_relay_run_and_carry_bytes") else {
+        return Ok(());
+    };
+    let dir = TempDir::new("helm");
+    let root = &dir.0;
+
+    // The CA Secret, made the way values.yaml tells operators to.
+    let ca_dir = root.join("ferry-ca");
+    let init = Command::new(FERRY)
+        .args(["control", "--init-ca", "--data-dir"])
+        .arg(&ca_dir)
+        .env("FERRY_CONFIG", root.join("no-such-config.toml"))
+        .output()?;
+    ensure!(
+        init.status.success(),
+        "ferry control --init-ca: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let mut secrets: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
+    secrets.insert(
+        "ferry-ca",
+        BTreeMap::from([
+            ("ca.pem", std::fs::read_to_string(ca_dir.join("ca.pem"))?),
+            (
+                "ca.key.pem",
+                std::fs::read_to_string(ca_dir.join("ca.key.pem"))?,
+            ),
+        ]),
+    );
+
+    let (api, control_admin, quic, relay_admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let control_url = format!("https://127.0.0.1:{api}");
+    let objects = render(
+        &helm,
+        &[
+            "control.names={ferry.example.com}".to_string(),
+            "control.replicas=1".to_string(),
+            format!("control.port={api}"),
+            format!("control.adminPort={control_admin}"),
+            format!("relays.port={quic}"),
+            format!("relays.adminPort={relay_admin}"),
+            "relays.regions[0].name=eu".to_string(),
+            "relays.regions[0].replicas=1".to_string(),
+            // The in-cluster service name does not resolve here.
+            format!("relays.controlUrl={control_url}"),
+        ],
+    )
+    .map_err(anyhow::Error::msg)?;
+
+    // The control plane, from its Deployment.
+    let control = pod(
+        find(&objects, "Deployment", "ferry-control").context("control Deployment")?,
+        "ferry-control-0",
+        root,
+        &secrets,
+    )?;
+    let control_args: Vec<&str> = control.args.iter().map(String::as_str).collect();
+    let control_env: Vec<(&str, &str)> = control
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let control_child = spawn_ferry(root, "control", &control_args, &control_env);
+    let control_admin: SocketAddr = format!("127.0.0.1:{control_admin}").parse()?;
+    wait_ready(
+        control_admin,
+        "the control plane",
+        &root.join("control.log"),
+    )
+    .await?;
+
+    // It kept the shared CA (clients trust the Secret's certificate) and wrote its
+    // admin token into the data volume.
+    let ca_file = ca_dir.join("ca.pem");
+    let admin_token = std::fs::read_to_string(root.join("ferry-control-0-data/admin.token"))
+        .context("the control plane's admin token in its data volume")?
+        .trim()
+        .to_string();
+    let mut net = Network {
+        control_url: control_url.clone(),
+        ca_file: ca_file.clone(),
+        admin_token,
+        control_admin,
+        control: control_child,
+        relays: Vec::new(),
+        agents: Vec::new(),
+        dir,
+    };
+    let root = net.dir.0.clone();
+
+    // The relay's token, in the Secret under the pod's name, as NOTES.txt says.
+    let relay_name = "ferry-relay-eu-0";
+    let relay_token = net.mint(TokenKind::Relay, relay_name, None).await?;
+    secrets.insert(
+        "ferry-relay-tokens",
+        BTreeMap::from([(relay_name, format!("{relay_token}\n"))]),
+    );
+    let relay = pod(
+        find(&objects, "StatefulSet", "ferry-relay-eu").context("relay StatefulSet")?,
+        relay_name,
+        &root,
+        &secrets,
+    )?;
+    assert!(
+        !relay.args.iter().any(|a| a.contains(&relay_token)),
+        "the token stays out of the process list: {:?}",
+        relay.args
+    );
+    let relay_args: Vec<&str> = relay.args.iter().map(String::as_str).collect();
+    let relay_env: Vec<(&str, &str)> = relay
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _relay_child = spawn_ferry(&root, relay_name, &relay_args, &relay_env);
+    let relay_admin: SocketAddr = format!("127.0.0.1:{relay_admin}").parse()?;
+    wait_ready(
+        relay_admin,
+        "the relay",
+        &root.join(format!("{relay_name}.log")),
+    )
+    .await?;
+
+    // The control plane lists it where the chart said: its node's address and port.
+    let regions: RegionsResponse = net
+        .control_client()
+        .get("/api/v1/regions", Some(&net.admin_token))
+        .await?;
+    let listed: Vec<_> = regions
+        .regions
+        .iter()
+        .flat_map(|r| r.relays.iter())
+        .collect();
+    ensure!(
+        listed.len() == 1
+            && listed[0].name == relay_name
+            && listed[0].region == "eu"
+            && listed[0].quic_addr == format!("127.0.0.1:{quic}"),
+        "region map: {listed:?}"
+    );
+
+    // Bytes from a client, through that relay, to an agent and its echo service.
+    let echo = echo_server().await;
+    net.start_agent("demo--alice", &["--region", "eu"]).await?;
+    let user = net.mint(TokenKind::User, "alice", None).await?;
+    net.wait_for_agent("demo--alice", &user).await?;
+    let payload = random_bytes(256 * 1024);
+    let (ok, out, err) = net
+        .ferry_tcp(&user, "demo--alice", &echo.to_string(), &payload)
+        .await?;
+    ensure!(ok, "ferry tcp failed: {err}");
+    ensure!(out == payload, "echo came back with {} bytes", out.len());
+    Ok(())
+}
