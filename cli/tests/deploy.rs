@@ -8,6 +8,10 @@
 //! `helm` comes from `FERRY_HELM` or the PATH (`.ci/run` installs it). In CI a missing
 //! helm is a failure; elsewhere the tests that need it say SKIPPED and pass. The CA
 //! the chart's Secret holds comes from `ferry control --init-ca`, tested here too.
+//!
+//! The systemd units (deploy/systemd) pass `systemd-analyze verify` without a
+//! warning, name only flags and variables the binary knows, and their example
+//! settings start a control plane and a relay that registers with it.
 
 mod common;
 
@@ -19,8 +23,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::*;
-use ferry_proto::api::RegionsResponse;
+use ferry_proto::api::{RegionsResponse, RelayInfo};
 use ferry_proto::token::TokenKind;
+use ferry_transport::ControlClient;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -394,6 +399,12 @@ fn pod(
     Ok(Pod { args, env })
 }
 
+/// Every relay in the control plane's region map.
+async fn relays_listed(control: &ControlClient, admin_token: &str) -> Result<Vec<RelayInfo>> {
+    let regions: RegionsResponse = control.get("/api/v1/regions", Some(admin_token)).await?;
+    Ok(regions.regions.into_iter().flat_map(|r| r.relays).collect())
+}
+
 async fn wait_ready(admin: SocketAddr, what: &str, log: &Path) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -537,15 +548,7 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
     .await?;
 
     // The control plane lists it where the chart said: its node's address and port.
-    let regions: RegionsResponse = net
-        .control_client()
-        .get("/api/v1/regions", Some(&net.admin_token))
-        .await?;
-    let listed: Vec<_> = regions
-        .regions
-        .iter()
-        .flat_map(|r| r.relays.iter())
-        .collect();
+    let listed = relays_listed(&net.control_client(), &net.admin_token).await?;
     ensure!(
         listed.len() == 1
             && listed[0].name == relay_name
@@ -565,5 +568,218 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
         .await?;
     ensure!(ok, "ferry tcp failed: {err}");
     ensure!(out == payload, "echo came back with {} bytes", out.len());
+    Ok(())
+}
+
+/// A program on the PATH (or `None`, outside CI, after saying the test is skipped).
+fn tool(name: &str, test: &str) -> Option<PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {name} is not installed, and CI must run this test (.ci/run installs it)"
+        );
+        eprintln!("SKIPPED {test}: {name} is not installed");
+    }
+    found
+}
+
+fn systemd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd")
+}
+
+/// `KEY=value` lines of an example settings file; with `commented`, the `#KEY=` ones
+/// too (settings shown but off by default).
+fn env_file(name: &str, commented: bool) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(systemd_dir().join(name)).expect("settings file");
+    text.lines()
+        .filter_map(|line| {
+            let line = match line.strip_prefix('#') {
+                Some(rest) if commented => rest,
+                Some(_) => return None,
+                None => line,
+            };
+            let (key, value) = line.split_once('=')?;
+            key.starts_with("FERRY_")
+                .then(|| (key.to_string(), value.to_string()))
+        })
+        .collect()
+}
+
+/// The unit's ExecStart, split into words, with `%i` and `%n` filled in.
+fn exec_start(unit: &str, instance: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(systemd_dir().join(unit)).expect("unit file");
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let full_name = unit.replace("@.", &format!("@{instance}."));
+    line.split_whitespace()
+        .map(|w| w.replace("%i", instance).replace("%n", &full_name))
+        .collect()
+}
+
+fn help(subcommand: &str) -> String {
+    let out = Command::new(FERRY)
+        .args([subcommand, "--help"])
+        .output()
+        .expect("ferry --help");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn systemd_units_verify_and_their_settings_run() -> Result<()> {
+    let test = "systemd_units_verify_and_their_settings_run";
+    let Some(analyze) = tool("systemd-analyze", test) else {
+        return Ok(());
+    };
+    let dir = TempDir::new("systemd");
+    let root = &dir.0;
+
+    // systemd's own check, on copies that start this build's binary (verify wants
+    // ExecStart to exist) and name an instance for the templates.
+    let units = [
+        ("ferry-control.service", ""),
+        ("ferry-relay@.service", "eu-1"),
+        ("ferry-agent@.service", "root"),
+    ];
+    let mut copies = Vec::new();
+    for (unit, instance) in units {
+        let text = std::fs::read_to_string(systemd_dir().join(unit))?;
+        let copy = root.join(unit.replace("@.", &format!("@{instance}.")));
+        std::fs::write(&copy, text.replace("/usr/local/bin/ferry", FERRY))?;
+        copies.push(copy);
+    }
+    let verify = Command::new(&analyze)
+        .args(["verify", "--man=no"])
+        .args(&copies)
+        .output()?;
+    let said = String::from_utf8_lossy(&verify.stderr);
+    ensure!(
+        verify.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+
+    // Every flag of an ExecStart and every variable of a settings file is one the
+    // binary reads.
+    for ((unit, instance), settings) in units.iter().zip(["control.env", "relay.env", "agent.env"])
+    {
+        let words = exec_start(unit, instance);
+        let help = help(&words[1]);
+        for flag in words.iter().filter(|w| w.starts_with("--")) {
+            ensure!(
+                help.contains(&format!("{flag} ")),
+                "{unit}: `ferry {}` has no {flag}",
+                words[1]
+            );
+        }
+        for (key, _) in env_file(settings, true) {
+            ensure!(
+                key == "FERRY_LOG" || help.contains(&format!("env: {key}")),
+                "{settings}: `ferry {}` reads no {key}",
+                words[1]
+            );
+        }
+    }
+
+    // The example settings, at loopback addresses, start a control plane and a relay.
+    let (api, control_admin, quic, relay_admin) =
+        (free_port(), free_port(), free_port(), free_port());
+    let paths = |word: String| {
+        word.replace("/var/lib/ferry", &root.join("lib").display().to_string())
+            .replace(
+                "/var/cache/ferry",
+                &root.join("cache").display().to_string(),
+            )
+            .replace(
+                "/run/credentials",
+                &root.join("credentials").display().to_string(),
+            )
+    };
+    let mut control_env = env_file("control.env", false);
+    for (key, value) in control_env.iter_mut() {
+        match key.as_str() {
+            "FERRY_LISTEN" => *value = format!("127.0.0.1:{api}"),
+            "FERRY_ADMIN_LISTEN" => *value = format!("127.0.0.1:{control_admin}"),
+            // Two names, comma-separated as in the file: the relay dials the second.
+            "FERRY_NAMES" => *value = format!("{value},127.0.0.1"),
+            _ => {}
+        }
+    }
+    let words: Vec<String> = exec_start("ferry-control.service", "")
+        .into_iter()
+        .map(paths)
+        .collect();
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = control_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _control = spawn_ferry(root, "control", &args, &env);
+    let control_admin: SocketAddr = format!("127.0.0.1:{control_admin}").parse()?;
+    wait_ready(
+        control_admin,
+        "the control plane",
+        &root.join("control.log"),
+    )
+    .await?;
+
+    let data = root.join("lib/control");
+    let ca_file = data.join("ca.pem");
+    let control_url = format!("https://127.0.0.1:{api}");
+    let control = ControlClient::new(&control_url, &std::fs::read_to_string(&ca_file)?)?;
+    let admin = std::fs::read_to_string(data.join("admin.token"))?
+        .trim()
+        .to_string();
+    let minted: ferry_proto::api::MintTokenResponse = control
+        .post(
+            "/api/v1/tokens",
+            Some(&admin),
+            &ferry_proto::api::MintTokenRequest {
+                kind: TokenKind::Relay,
+                subject: "eu-1".into(),
+                ttl_secs: None,
+            },
+        )
+        .await?;
+    let credentials = root.join("credentials/ferry-relay@eu-1.service");
+    std::fs::create_dir_all(&credentials)?;
+    std::fs::write(credentials.join("token"), &minted.token)?;
+
+    let mut relay_env = env_file("relay.env", false);
+    for (key, value) in relay_env.iter_mut() {
+        match key.as_str() {
+            "FERRY_LISTEN" | "FERRY_ADVERTISE" => *value = format!("127.0.0.1:{quic}"),
+            "FERRY_CERT_NAMES" => *value = "127.0.0.1,relay.example.com".into(),
+            "FERRY_CONTROL_URL" => *value = control_url.clone(),
+            "FERRY_CA" => *value = ca_file.display().to_string(),
+            "FERRY_ADMIN_LISTEN" => *value = format!("127.0.0.1:{relay_admin}"),
+            _ => {}
+        }
+    }
+    let words: Vec<String> = exec_start("ferry-relay@.service", "eu-1")
+        .into_iter()
+        .map(paths)
+        .collect();
+    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = relay_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let _relay = spawn_ferry(root, "relay", &args, &env);
+    let relay_admin: SocketAddr = format!("127.0.0.1:{relay_admin}").parse()?;
+    wait_ready(relay_admin, "the relay", &root.join("relay.log")).await?;
+
+    let listed = relays_listed(&control, &admin).await?;
+    ensure!(
+        listed.len() == 1
+            && listed[0].name == "eu-1"
+            && listed[0].region == "eu"
+            && listed[0].quic_addr == format!("127.0.0.1:{quic}")
+            && listed[0].server_name == "127.0.0.1",
+        "region map: {listed:?}"
+    );
     Ok(())
 }
