@@ -33,23 +33,12 @@ fn chart() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/ferry")
 }
 
-/// The helm binary, or `None` (outside CI) after saying the test is skipped.
+/// The helm binary: `FERRY_HELM`, else `helm` on the PATH (see [`tool`]).
 fn helm(test: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("FERRY_HELM")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::split_paths(&std::env::var_os("PATH")?)
-                .map(|dir| dir.join("helm"))
-                .find(|p| p.is_file())
-        });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: helm is not installed, and CI must run this test (.ci/run installs it)"
-        );
-        eprintln!("SKIPPED {test}: helm is not installed (see .ci/run for where to get it)");
+    match std::env::var_os("FERRY_HELM") {
+        Some(path) => Some(PathBuf::from(path)),
+        None => tool("helm", test),
     }
-    found
 }
 
 /// `helm template` with `--set` values: the rendered objects, or helm's error text.
@@ -405,20 +394,30 @@ async fn relays_listed(control: &ControlClient, admin_token: &str) -> Result<Vec
     Ok(regions.regions.into_iter().flat_map(|r| r.relays).collect())
 }
 
-async fn wait_ready(admin: SocketAddr, what: &str, log: &Path) -> Result<()> {
+/// Starts `ferry ARGS` with `env` (its log: `NAME.log` in `dir`) and waits until its
+/// admin port on loopback says it is ready.
+async fn start_ready(
+    dir: &Path,
+    name: &str,
+    args: &[String],
+    env: &[(String, String)],
+    admin_port: u16,
+) -> Result<tokio::process::Child> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let child = spawn_ferry(dir, name, &args, &env);
+    let admin = SocketAddr::from(([127, 0, 0, 1], admin_port));
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if http_status(admin, "/readyz").await.ok() == Some(200) {
-            return Ok(());
-        }
+    while http_status(admin, "/readyz").await.ok() != Some(200) {
         if Instant::now() > deadline {
             bail!(
-                "{what} never became ready on {admin}; its log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
+                "{name} never became ready on {admin}; its log:\n{}",
+                std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    Ok(child)
 }
 
 #[tokio::test]
@@ -480,20 +479,9 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
         root,
         &secrets,
     )?;
-    let control_args: Vec<&str> = control.args.iter().map(String::as_str).collect();
-    let control_env: Vec<(&str, &str)> = control
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let control_child = spawn_ferry(root, "control", &control_args, &control_env);
-    let control_admin: SocketAddr = format!("127.0.0.1:{control_admin}").parse()?;
-    wait_ready(
-        control_admin,
-        "the control plane",
-        &root.join("control.log"),
-    )
-    .await?;
+    let control_child =
+        start_ready(root, "control", &control.args, &control.env, control_admin).await?;
+    let control_admin = SocketAddr::from(([127, 0, 0, 1], control_admin));
 
     // It kept the shared CA (clients trust the Secret's certificate) and wrote its
     // admin token into the data volume.
@@ -532,20 +520,7 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
         "the token stays out of the process list: {:?}",
         relay.args
     );
-    let relay_args: Vec<&str> = relay.args.iter().map(String::as_str).collect();
-    let relay_env: Vec<(&str, &str)> = relay
-        .env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let _relay_child = spawn_ferry(&root, relay_name, &relay_args, &relay_env);
-    let relay_admin: SocketAddr = format!("127.0.0.1:{relay_admin}").parse()?;
-    wait_ready(
-        relay_admin,
-        "the relay",
-        &root.join(format!("{relay_name}.log")),
-    )
-    .await?;
+    let _relay_child = start_ready(&root, relay_name, &relay.args, &relay.env, relay_admin).await?;
 
     // The control plane lists it where the chart said: its node's address and port.
     let listed = relays_listed(&net.control_client(), &net.admin_token).await?;
@@ -712,19 +687,7 @@ async fn systemd_units_verify_and_their_settings_run() -> Result<()> {
         .into_iter()
         .map(paths)
         .collect();
-    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
-    let env: Vec<(&str, &str)> = control_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let _control = spawn_ferry(root, "control", &args, &env);
-    let control_admin: SocketAddr = format!("127.0.0.1:{control_admin}").parse()?;
-    wait_ready(
-        control_admin,
-        "the control plane",
-        &root.join("control.log"),
-    )
-    .await?;
+    let _control = start_ready(root, "control", &words[1..], &control_env, control_admin).await?;
 
     let data = root.join("lib/control");
     let ca_file = data.join("ca.pem");
@@ -763,14 +726,7 @@ async fn systemd_units_verify_and_their_settings_run() -> Result<()> {
         .into_iter()
         .map(paths)
         .collect();
-    let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
-    let env: Vec<(&str, &str)> = relay_env
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let _relay = spawn_ferry(root, "relay", &args, &env);
-    let relay_admin: SocketAddr = format!("127.0.0.1:{relay_admin}").parse()?;
-    wait_ready(relay_admin, "the relay", &root.join("relay.log")).await?;
+    let _relay = start_ready(root, "relay", &words[1..], &relay_env, relay_admin).await?;
 
     let listed = relays_listed(&control, &admin).await?;
     ensure!(
