@@ -190,6 +190,49 @@ fn the_chart_lints_and_refuses_values_that_cannot_work() {
         assert!(find(&objects, "PodDisruptionBudget", &name).is_some());
     }
 
+    // What Kubernetes would make of it: every object against the API's schema, with
+    // unknown fields refused (kubernetes-validate, from PyPI; .ci/run installs it).
+    if let Some(validate) = tool(
+        "kubernetes-validate",
+        "the_chart_lints_and_refuses_values_that_cannot_work",
+    ) {
+        let dir = TempDir::new("chart-schema");
+        for (i, values) in [
+            vec![
+                "control.names={a.example}",
+                "control.database.secret=db",
+                "relays.regions[0].name=eu",
+                "relays.regions[1].name=us",
+                "relays.regions[1].appsDomain=apps.us.example.com",
+            ],
+            vec!["control.names={a.example}", "control.replicas=1"],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let mut cmd = Command::new(&helm);
+            cmd.args(["template", "ferry"]).arg(chart());
+            for set in values {
+                cmd.args(["--set", set]);
+            }
+            let rendered = cmd.output().expect("helm template");
+            assert!(rendered.status.success());
+            let file = dir.0.join(format!("rendered-{i}.yaml"));
+            std::fs::write(&file, &rendered.stdout).unwrap();
+            let checked = Command::new(&validate)
+                .args(["--strict", "--quiet", "-k", "1.31.0"])
+                .arg(&file)
+                .output()
+                .expect("run kubernetes-validate");
+            assert!(
+                checked.status.success(),
+                "{values:?} against Kubernetes 1.31's schema: {}{}",
+                String::from_utf8_lossy(&checked.stdout),
+                String::from_utf8_lossy(&checked.stderr)
+            );
+        }
+    }
+
     // One replica without a database keeps SQLite on a volume, replaced, not rolled.
     let objects = render(
         &helm,
