@@ -41,8 +41,8 @@ fn helm(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// `helm template` with `--set` values: the rendered objects, or helm's error text.
-fn render(helm: &Path, sets: &[String]) -> Result<Vec<Value>, String> {
+/// `helm template` with `--set` values: the YAML it prints, or its error text.
+fn render_yaml(helm: &Path, sets: &[String]) -> Result<String, String> {
     let mut cmd = Command::new(helm);
     cmd.args(["template", "ferry"]).arg(chart());
     for set in sets {
@@ -52,7 +52,12 @@ fn render(helm: &Path, sets: &[String]) -> Result<Vec<Value>, String> {
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`render_yaml`]'s objects.
+fn render(helm: &Path, sets: &[String]) -> Result<Vec<Value>, String> {
+    let text = render_yaml(helm, sets)?;
     let mut objects = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let value = Value::deserialize(doc).map_err(|e| format!("helm printed bad YAML: {e}"))?;
@@ -210,15 +215,9 @@ fn the_chart_lints_and_refuses_values_that_cannot_work() {
         .iter()
         .enumerate()
         {
-            let mut cmd = Command::new(&helm);
-            cmd.args(["template", "ferry"]).arg(chart());
-            for set in values {
-                cmd.args(["--set", set]);
-            }
-            let rendered = cmd.output().expect("helm template");
-            assert!(rendered.status.success());
+            let rendered = render_yaml(&helm, &sets(values)).expect("render");
             let file = dir.0.join(format!("rendered-{i}.yaml"));
-            std::fs::write(&file, &rendered.stdout).unwrap();
+            std::fs::write(&file, rendered).unwrap();
             let checked = Command::new(&validate)
                 .args(["--strict", "--quiet", "-k", "1.31.0"])
                 .arg(&file)
