@@ -324,8 +324,17 @@ fn pod(
     let mut env: Vec<(String, String)> = Vec::new();
     for entry in container["env"].as_array().into_iter().flatten() {
         let name = entry["name"].as_str().context("env name")?.to_string();
+        let secret_ref = &entry["valueFrom"]["secretKeyRef"];
         let value = if let Some(v) = entry["value"].as_str() {
             v.to_string()
+        } else if let (Some(secret), Some(key)) =
+            (secret_ref["name"].as_str(), secret_ref["key"].as_str())
+        {
+            secrets
+                .get(secret)
+                .and_then(|keys| keys.get(key))
+                .with_context(|| format!("env {name}: Secret {secret} has no key {key}"))?
+                .clone()
         } else {
             match entry["valueFrom"]["fieldRef"]["fieldPath"].as_str() {
                 Some("metadata.name") => pod_name.to_string(),
@@ -467,6 +476,64 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
     let Some(helm) = helm("the_charts_control_plane_and_relay_run_and_carry_bytes") else {
         return Ok(());
     };
+    run_chart(&helm, None).await
+}
+
+/// The chart's default: two control plane replicas sharing PostgreSQL. The relay
+/// registers with one replica; the other lists it, and the agent and the client
+/// work through that other one.
+#[tokio::test]
+async fn the_charts_replicas_share_postgresql() -> Result<()> {
+    let test = "the_charts_replicas_share_postgresql";
+    let Some(helm) = helm(test) else {
+        return Ok(());
+    };
+    let Ok(base) = std::env::var("FERRY_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: FERRY_TEST_DATABASE_URL is not set, and CI must run this test"
+        );
+        eprintln!("SKIPPED {test}: FERRY_TEST_DATABASE_URL is not set");
+        return Ok(());
+    };
+    let Some(psql) = tool("psql", test) else {
+        return Ok(());
+    };
+    // A scratch database of this test's own, dropped at the end.
+    let database = format!("ferry_chart_{}", std::process::id());
+    let sql = |statement: String| -> Result<()> {
+        let out = Command::new(&psql)
+            .args([
+                base.as_str(),
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-c",
+                &statement,
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "psql {statement}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    sql(format!("CREATE DATABASE {database}"))?;
+    let (before_query, query) = base.split_once('?').unwrap_or((base.as_str(), ""));
+    let (server, _) = before_query.rsplit_once('/').context("database URL")?;
+    let url = match query {
+        "" => format!("{server}/{database}"),
+        q => format!("{server}/{database}?{q}"),
+    };
+    let result = run_chart(&helm, Some(&url)).await;
+    sql(format!("DROP DATABASE {database} WITH (FORCE)"))?;
+    result
+}
+
+/// Renders the chart for one region with one relay (and, with `database`, two control
+/// plane replicas on it), starts what it describes, and moves bytes through it.
+async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
     let dir = TempDir::new("helm");
     let root = &dir.0;
 
@@ -497,56 +564,96 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
     let (api, control_admin, quic, relay_admin) =
         (free_port(), free_port(), free_port(), free_port());
     let control_url = format!("https://127.0.0.1:{api}");
+    let mut values = vec![format!("control.replicas={}", 1 + database.is_some() as u8)];
+    if let Some(url) = database {
+        secrets.insert("ferry-database", BTreeMap::from([("url", url.to_string())]));
+        values.push("control.database.secret=ferry-database".into());
+    }
     let objects = render(
-        &helm,
+        helm,
         &[
-            "control.names={ferry.example.com}".to_string(),
-            "control.replicas=1".to_string(),
-            format!("control.port={api}"),
-            format!("control.adminPort={control_admin}"),
-            format!("relays.port={quic}"),
-            format!("relays.adminPort={relay_admin}"),
-            "relays.regions[0].name=eu".to_string(),
-            "relays.regions[0].replicas=1".to_string(),
-            // The in-cluster service name does not resolve here.
-            format!("relays.controlUrl={control_url}"),
-        ],
+            values,
+            vec![
+                "control.names={ferry.example.com}".to_string(),
+                format!("control.port={api}"),
+                format!("control.adminPort={control_admin}"),
+                format!("relays.port={quic}"),
+                format!("relays.adminPort={relay_admin}"),
+                "relays.regions[0].name=eu".to_string(),
+                "relays.regions[0].replicas=1".to_string(),
+                // The in-cluster service name does not resolve here.
+                format!("relays.controlUrl={control_url}"),
+            ],
+        ]
+        .concat(),
     )
     .map_err(anyhow::Error::msg)?;
 
-    // The control plane, from its Deployment.
-    let control = pod(
-        find(&objects, "Deployment", "ferry-control").context("control Deployment")?,
-        "ferry-control-0",
-        root,
-        &secrets,
-    )?;
-    let control_child =
-        start_ready(root, "control", &control.args, &control.env, control_admin).await?;
-    let control_admin = SocketAddr::from(([127, 0, 0, 1], control_admin));
-
-    // It kept the shared CA (clients trust the Secret's certificate) and wrote its
-    // admin token into the data volume.
+    // The control plane, from its Deployment: one pod, or two on PostgreSQL (here
+    // beside each other, so the second listens on ports of its own).
+    let deployment = find(&objects, "Deployment", "ferry-control").context("control Deployment")?;
+    let first = pod(deployment, "ferry-control-0", root, &secrets)?;
+    let _first_child =
+        start_ready(root, "control-0", &first.args, &first.env, control_admin).await?;
     let ca_file = ca_dir.join("ca.pem");
-    let admin_token = std::fs::read_to_string(root.join("ferry-control-0-data/admin.token"))
-        .context("the control plane's admin token in its data volume")?
-        .trim()
-        .to_string();
+    // It kept the shared CA (clients trust the Secret's certificate) and wrote its
+    // admin token into its data volume.
+    let admin_of = |pod_name: &str| -> Result<String> {
+        Ok(
+            std::fs::read_to_string(root.join(format!("{pod_name}-data/admin.token")))
+                .context("the control plane's admin token in its data volume")?
+                .trim()
+                .to_string(),
+        )
+    };
+    let first_admin = admin_of("ferry-control-0")?;
+    let first_client = ControlClient::new(&control_url, &std::fs::read_to_string(&ca_file)?)?;
+    let (serving, serving_url, serving_admin) = match database {
+        None => (_first_child, control_url.clone(), control_admin),
+        Some(_) => {
+            let (api2, admin2) = (free_port(), free_port());
+            let mut second = pod(deployment, "ferry-control-1", root, &secrets)?;
+            for arg in second.args.iter_mut() {
+                *arg = arg
+                    .replace(&format!(":{api}"), &format!(":{api2}"))
+                    .replace(&format!(":{control_admin}"), &format!(":{admin2}"));
+            }
+            let child = start_ready(root, "control-1", &second.args, &second.env, admin2).await?;
+            (child, format!("https://127.0.0.1:{api2}"), admin2)
+        }
+    };
+    let serving_token = admin_of(if database.is_some() {
+        "ferry-control-1"
+    } else {
+        "ferry-control-0"
+    })?;
     let mut net = Network {
-        control_url: control_url.clone(),
+        control_url: serving_url,
         ca_file: ca_file.clone(),
-        admin_token,
-        control_admin,
-        control: control_child,
+        admin_token: serving_token,
+        control_admin: SocketAddr::from(([127, 0, 0, 1], serving_admin)),
+        control: serving,
         relays: Vec::new(),
         agents: Vec::new(),
         dir,
     };
     let root = net.dir.0.clone();
 
-    // The relay's token, in the Secret under the pod's name, as NOTES.txt says.
+    // The relay's token, in the Secret under the pod's name, as NOTES.txt says; minted
+    // by the first replica, which the relay also registers with.
     let relay_name = "ferry-relay-eu-0";
-    let relay_token = net.mint(TokenKind::Relay, relay_name, None).await?;
+    let minted: ferry_proto::api::MintTokenResponse = first_client
+        .post(
+            "/api/v1/tokens",
+            Some(&first_admin),
+            &ferry_proto::api::MintTokenRequest {
+                kind: TokenKind::Relay,
+                subject: relay_name.into(),
+                ttl_secs: None,
+            },
+        )
+        .await?;
+    let relay_token = minted.token;
     secrets.insert(
         "ferry-relay-tokens",
         BTreeMap::from([(relay_name, format!("{relay_token}\n"))]),
@@ -565,6 +672,7 @@ async fn the_charts_control_plane_and_relay_run_and_carry_bytes() -> Result<()> 
     let _relay_child = start_ready(&root, relay_name, &relay.args, &relay.env, relay_admin).await?;
 
     // The control plane lists it where the chart said: its node's address and port.
+    // On PostgreSQL, the replica the relay never spoke to lists it too.
     let listed = relays_listed(&net.control_client(), &net.admin_token).await?;
     ensure!(
         listed.len() == 1
