@@ -48,7 +48,108 @@ pub struct WorkspaceConnection {
 struct Current {
     /// Index into `candidates` of the relay we are connected to.
     index: usize,
-    session: Option<Session>,
+    session: Option<Watched>,
+}
+
+/// A session with its relay's watchdog ([`close_when_relay_dies`]), which stops when
+/// the session is dropped: the watchdog's handle on the connection must not keep an
+/// abandoned connection open.
+struct Watched {
+    session: Session,
+    watchdog: tokio::task::AbortHandle,
+}
+
+impl std::ops::Deref for Watched {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        &self.session
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.watchdog.abort();
+    }
+}
+
+/// Application close code for a connection whose relay we took for dead.
+const RELAY_SILENT: u32 = 2;
+
+/// Ends a connection whose relay died under it, so that the streams open on it (an
+/// SSH session, a port-forward's TCP connections) fail within seconds instead of
+/// hanging until QUIC's 30 s idle timeout. Silence alone does not tell a dead relay
+/// from our own network going away (a laptop changing Wi-Fi), which that timeout is
+/// there to ride out. So after `silent_for` ([`relay_silent_for`]) without a packet,
+/// we try a handshake with up to three other relays, and close only when one answers
+/// while ours still says nothing.
+async fn close_when_relay_dies(
+    conn: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    relay: String,
+    others: Vec<RelayInfo>,
+    silent_for: fn(&quinn::Connection) -> Duration,
+) {
+    loop {
+        let quiet = silent_for(&conn);
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = ferry_transport::liveness::silence(&conn, quiet) => {}
+        }
+        let heard = conn.stats().udp_rx.datagrams;
+        let other = first_to_answer(&endpoint, &others).await;
+        if conn.stats().udp_rx.datagrams != heard {
+            // Ours spoke up while we asked around: it was only stalled.
+            continue;
+        }
+        match other {
+            Some(other) => {
+                close_dead_relay(&conn, &relay, &other);
+                return;
+            }
+            None => tracing::debug!(
+                %relay,
+                "the relay and the others we tried are silent: our network, probably; waiting"
+            ),
+        }
+    }
+}
+
+/// Closes the connection to a relay taken for dead (silent while `other` answers), so
+/// that the streams still open on it end now.
+fn close_dead_relay(conn: &quinn::Connection, relay: &str, other: &str) {
+    tracing::warn!(
+        %relay, %other,
+        "the relay sent nothing while another relay answers: taking it for dead, its open streams end"
+    );
+    conn.close(RELAY_SILENT.into(), b"relay stopped answering");
+}
+
+/// The name of the first of (up to three of) `relays` to complete a QUIC handshake.
+async fn first_to_answer(endpoint: &quinn::Endpoint, relays: &[RelayInfo]) -> Option<String> {
+    let mut handshakes = tokio::task::JoinSet::new();
+    for relay in relays.iter().take(3) {
+        let Ok(addr) = relay.quic_addr.parse::<SocketAddr>() else {
+            continue;
+        };
+        let Ok(connecting) = endpoint.connect(addr, &relay.server_name) else {
+            continue;
+        };
+        let name = relay.name.clone();
+        handshakes.spawn(async move {
+            let conn = tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, connecting)
+                .await
+                .ok()?
+                .ok()?;
+            conn.close(0u32.into(), b"only checking");
+            Some(name)
+        });
+    }
+    while let Some(answer) = handshakes.join_next().await {
+        if let Ok(Some(name)) = answer {
+            return Some(name);
+        }
+    }
+    None
 }
 
 /// Keeps the relays that take new streams (healthy, not draining); all of them if the
@@ -218,6 +319,8 @@ impl WorkspaceConnection {
         let header = StreamHeader::new(self.workspace.clone(), target);
         let started = Instant::now();
         let mut delay = Duration::from_millis(50);
+        // A relay this stream found silent, with what it had sent us by then.
+        let mut silent: Option<(quinn::Connection, u64, String)> = None;
         loop {
             let (conn, index) = {
                 let mut current = self.current.lock().await;
@@ -227,6 +330,14 @@ impl WorkspaceConnection {
                 let session = current.session.as_ref().expect("connected above");
                 (session.conn.clone(), current.index)
             };
+            if let Some((old, heard, relay)) = silent.take() {
+                // Another relay answered while the silent one still says nothing: it
+                // is dead, and the streams still open on it end now (the watchdog
+                // stopped with the session this stream moved away from).
+                if old.stable_id() != conn.stable_id() && old.stats().udp_rx.datagrams == heard {
+                    close_dead_relay(&old, &relay, &self.candidates[index].name);
+                }
+            }
             let err = match dial::open_stream_or_silence(
                 &conn,
                 &header,
@@ -243,6 +354,9 @@ impl WorkspaceConnection {
                 return Err(self.explain(target, err).await);
             }
             tracing::info!(%relay, error = %err, "stream failed; retrying on another relay");
+            if matches!(err, StreamError::Silent(_)) {
+                silent = Some((conn.clone(), conn.stats().udp_rx.datagrams, relay.clone()));
+            }
             {
                 let mut current = self.current.lock().await;
                 // Another stream may have moved on already.
@@ -365,8 +479,19 @@ async fn conn_session(
         .await;
         match dialed {
             Ok(Ok(session)) => {
+                let others: Vec<RelayInfo> = (1..candidates.len())
+                    .map(|step| candidates[(index + step) % candidates.len()].clone())
+                    .collect();
+                let watchdog = tokio::spawn(close_when_relay_dies(
+                    session.conn.clone(),
+                    endpoint.clone(),
+                    relay.name.clone(),
+                    others,
+                    relay_silent_for,
+                ))
+                .abort_handle();
                 current.index = index;
-                current.session = Some(session);
+                current.session = Some(Watched { session, watchdog });
                 return Ok(());
             }
             // A bad token is bad everywhere.
@@ -394,5 +519,120 @@ pub fn parse_target(s: &str) -> Result<Target> {
     match s.parse::<u16>() {
         Ok(0) | Err(_) => bail!("`{s}` is not a port (1-65535) or `ssh`"),
         Ok(p) => Ok(Target::Port(p)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_transport::test_peer::FreezablePeer;
+
+    fn relay_at(name: &str, addr: SocketAddr) -> RelayInfo {
+        RelayInfo {
+            name: name.into(),
+            region: "eu".into(),
+            quic_addr: addr.to_string(),
+            server_name: "127.0.0.1".into(),
+            health: None,
+            incarnation: 0,
+            https_url: None,
+        }
+    }
+
+    /// Keep-alives every 100 ms: a live peer is never 300 ms silent.
+    fn fast_silence(_: &quinn::Connection) -> Duration {
+        Duration::from_millis(300)
+    }
+
+    /// A client endpoint like the CLI's, pinging every 100 ms, and its connection to
+    /// `peer`.
+    async fn connected(
+        ca: &ferry_certs::Ca,
+        peer: SocketAddr,
+    ) -> (quinn::Endpoint, quinn::Connection) {
+        let tls = ferry_certs::client_config(ca.cert_pem(), &[alpn::CLIENT]).unwrap();
+        let limits = Limits {
+            keep_alive: Duration::from_millis(100),
+            ..Limits::client()
+        };
+        let endpoint =
+            ferry_transport::quic::client_endpoint_from(None, peer, tls, &limits).unwrap();
+        let conn = endpoint.connect(peer, "127.0.0.1").unwrap().await.unwrap();
+        (endpoint, conn)
+    }
+
+    /// Our relay freezes (as under SIGKILL) while another relay answers: the watchdog
+    /// closes the connection soon after it goes silent, so its streams end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_to_a_dead_relay_is_closed_when_another_answers() {
+        let ca = ferry_certs::Ca::create().unwrap();
+        let mut ours = FreezablePeer::spawn(&ca, alpn::CLIENT);
+        let other = FreezablePeer::spawn(&ca, alpn::CLIENT);
+        let (endpoint, conn) = connected(&ca, ours.addr()).await;
+        tokio::spawn(close_when_relay_dies(
+            conn.clone(),
+            endpoint,
+            "ours".into(),
+            vec![relay_at("other", other.addr())],
+            fast_silence,
+        ));
+
+        // Alive and idle: left alone.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert!(
+            conn.close_reason().is_none(),
+            "a live relay's connection was closed"
+        );
+
+        ours.freeze();
+        let frozen = Instant::now();
+        tokio::time::timeout(Duration::from_secs(3), conn.closed())
+            .await
+            .expect("the dead relay's connection was never closed");
+        // 300 ms after the last packet, which came up to one keep-alive (100 ms)
+        // before the freeze.
+        let after = frozen.elapsed();
+        assert!(
+            after >= Duration::from_millis(150) && after < Duration::from_millis(1500),
+            "closed {after:?} after the freeze"
+        );
+        assert!(matches!(
+            conn.close_reason(),
+            Some(quinn::ConnectionError::LocallyClosed)
+        ));
+    }
+
+    /// Our relay and every other one we try are silent: that is our own network going
+    /// away, which QUIC's idle timeout rides out, so the watchdog closes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_is_kept_when_no_relay_answers() {
+        let ca = ferry_certs::Ca::create().unwrap();
+        let mut ours = FreezablePeer::spawn(&ca, alpn::CLIENT);
+        // Sockets that receive and never answer: relays we cannot reach either.
+        let deaf: Vec<std::net::UdpSocket> = (0..2)
+            .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let others = deaf
+            .iter()
+            .enumerate()
+            .map(|(i, s)| relay_at(&format!("deaf-{i}"), s.local_addr().unwrap()))
+            .collect();
+        let (endpoint, conn) = connected(&ca, ours.addr()).await;
+        tokio::spawn(close_when_relay_dies(
+            conn.clone(),
+            endpoint,
+            "ours".into(),
+            others,
+            fast_silence,
+        ));
+        ours.freeze();
+        // Long enough for the watchdog to find the silence, ask both others (their
+        // handshakes time out after 2 s), and look again.
+        tokio::time::sleep(CLIENT_HANDSHAKE_TIMEOUT + Duration::from_secs(1)).await;
+        assert!(
+            conn.close_reason().is_none(),
+            "closed although no relay answered: {:?}",
+            conn.close_reason()
+        );
     }
 }

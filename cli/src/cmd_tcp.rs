@@ -3,6 +3,8 @@
 
 use anyhow::Result;
 
+use ferry_transport::splice::{Broken, BrokenCause};
+
 use crate::client::{parse_target, WorkspaceConnection};
 use crate::config::ClientArgs;
 
@@ -27,10 +29,20 @@ pub async fn run(args: TcpArgs) -> Result<()> {
     tokio::pin!(upload, download);
     // Our input ending only half-closes the stream: keep reading the answer until the
     // far side is done too. The far side finishing first ends the command.
-    tokio::select! {
-        _ = &mut download => {}
-        _ = &mut upload => { download.await; }
-    }
+    let downloaded = tokio::select! {
+        done = &mut download => done,
+        _ = &mut upload => download.await,
+    };
     conn.close().await;
-    Ok(())
+    match downloaded {
+        Ok(_) => Ok(()),
+        // Whoever read our output is gone (`| head`): nothing left to report to.
+        Err(Broken {
+            cause: BrokenCause::Sink(e),
+            ..
+        }) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        // A stream cut short (the relay died, the workspace side aborted) must not look
+        // like a complete transfer to a script.
+        Err(broken) => Err(broken.into()),
+    }
 }

@@ -109,12 +109,14 @@ pub async fn run(args: TerminalArgs) -> Result<()> {
     let output = ferry_transport::splice::quic_to_writer(recv, tokio::io::stdout());
     tokio::pin!(input, output);
     // The session ends when the shell's output does.
-    tokio::select! {
-        _ = &mut output => {}
-        _ = &mut input => { output.await; }
-    }
+    let ended = tokio::select! {
+        done = &mut output => done,
+        _ = &mut input => output.await,
+    };
     drop(raw);
     conn.close().await;
+    // The terminal is restored (`raw` dropped) before the error is printed.
+    ended?;
     Ok(())
 }
 

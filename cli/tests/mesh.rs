@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use common::*;
 use ferry_proto::token::TokenKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WORKSPACE: &str = "demo--dev";
 
@@ -176,7 +177,6 @@ async fn a_killed_owner_fails_over_to_the_standby_within_a_second() -> anyhow::R
 
 /// One connection through a port-forward: the payload goes out, the echo comes back.
 async fn echo_via_forward(forward: std::net::SocketAddr, payload: &[u8]) -> anyhow::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tcp = tokio::net::TcpStream::connect(forward).await?;
     tcp.write_all(payload).await?;
     tcp.shutdown().await?;
@@ -208,11 +208,23 @@ async fn a_port_forward_moves_on_when_its_relay_is_killed() -> anyhow::Result<()
         .await?;
     let payload = random_bytes(64 * 1024);
     echo_via_forward(forward, &payload).await?;
+    // A connection that stays open through the forward while its relay dies.
+    let mut held = tokio::net::TcpStream::connect(forward).await?;
+    held.write_all(b"ping").await?;
+    let mut pong = [0u8; 4];
+    held.read_exact(&mut pong).await?;
+    assert_eq!(&pong, b"ping");
 
     let mut killed = net.take_relay(&other);
     killed.child.kill().await?;
     killed.child.wait().await?;
     let t0 = Instant::now();
+    let held_end = tokio::spawn(async move {
+        let mut rest = Vec::new();
+        let ended =
+            tokio::time::timeout(Duration::from_secs(30), held.read_to_end(&mut rest)).await;
+        (t0.elapsed(), ended.is_ok())
+    });
     tokio::time::timeout(Duration::from_secs(30), echo_via_forward(forward, &payload))
         .await
         .context("no answer through the port-forward within 30 s")??;
@@ -221,6 +233,18 @@ async fn a_port_forward_moves_on_when_its_relay_is_killed() -> anyhow::Result<()
     assert!(
         moved < Duration::from_secs(6),
         "the port-forward took {moved:?} to move on"
+    );
+    // The open connection ends once the CLI finds its relay silent while another
+    // relay answers, not after QUIC's 30 s idle timeout.
+    let (held_for, ended) = held_end.await?;
+    println!("port-forward: an open connection ended {held_for:?} after its relay's SIGKILL");
+    assert!(
+        ended,
+        "the open connection was still open 30 s after its relay died"
+    );
+    assert!(
+        held_for < Duration::from_secs(8),
+        "the open connection ended only after {held_for:?}"
     );
     // It stays on the relay it moved to.
     let t1 = Instant::now();
@@ -231,6 +255,66 @@ async fn a_port_forward_moves_on_when_its_relay_is_killed() -> anyhow::Result<()
         t1.elapsed()
     );
     forward_child.kill().await?;
+    Ok(())
+}
+
+/// `ferry tcp` holds one stream and opens no other, so nothing but the CLI's watchdog
+/// notices when its relay is killed: after three silent seconds another relay answers
+/// a handshake, the dead relay's connection is closed, and the process fails with a
+/// warning that names both relays, where it used to hang for QUIC's 30 s idle timeout
+/// (and then exit 0, as if the transfer were complete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_session_ends_soon_after_its_relay_is_killed() -> anyhow::Result<()> {
+    let (mut net, user) = mesh_network("mesh-idle-kill").await?;
+    let echo = echo_server().await;
+    let (_owner, _standby, other) = eu_placement(WORKSPACE);
+    let mut tcp = tokio::process::Command::new(FERRY)
+        .args(["tcp", "demo", &echo.to_string()])
+        .envs(net.client_env(&user))
+        .env("FERRY_RELAY", &other)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdin = tcp.stdin.take().context("stdin")?;
+    let mut stdout = tcp.stdout.take().context("stdout")?;
+    stdin.write_all(b"ping").await?;
+    let mut pong = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(20), stdout.read_exact(&mut pong))
+        .await
+        .context("no echo through ferry tcp")??;
+    assert_eq!(&pong, b"ping");
+
+    let mut killed = net.take_relay(&other);
+    killed.child.kill().await?;
+    killed.child.wait().await?;
+    let t0 = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), tcp.wait())
+        .await
+        .context("ferry tcp still running 30 s after its relay's SIGKILL")??;
+    let ended = t0.elapsed();
+
+    let mut stderr = String::new();
+    tcp.stderr
+        .take()
+        .context("stderr")?
+        .read_to_string(&mut stderr)
+        .await?;
+    println!("ferry tcp ended {ended:?} after its relay's SIGKILL ({status}):\n{stderr}");
+    assert!(
+        ended < Duration::from_secs(8),
+        "ferry tcp ended only {ended:?} after its relay died; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains("taking it for dead") && stderr.contains(&other),
+        "the warning names the dead relay: {stderr}"
+    );
+    assert!(
+        !status.success() && stderr.contains("broke off after 4 bytes"),
+        "a session cut short is an error, not a finished transfer ({status}): {stderr}"
+    );
+    drop(stdin);
     Ok(())
 }
 

@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod probe;
 pub mod quic;
 pub mod splice;
+pub mod test_peer;
 
 pub use control_client::{ControlClient, ControlError};
 pub use dial::{DialError, StreamError};

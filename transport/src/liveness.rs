@@ -49,41 +49,10 @@ mod tests {
         let limits = Limits::mesh();
         let quiet = limits.keep_alive * 2;
 
-        // The peer runs on a runtime of its own, on its own thread, so that the test
-        // can stop it dead: a task that blocks that thread freezes every timer and
-        // socket of the peer's endpoint without closing anything.
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (freeze_tx, freeze_rx) = tokio::sync::oneshot::channel::<()>();
-        let (thaw_tx, thaw_rx) = std::sync::mpsc::channel::<()>();
-        let leaf = ca
-            .issue(&["127.0.0.1".into()], ferry_certs::Usage::Server)
-            .expect("leaf");
-        let tls = ferry_certs::server_config(&leaf, &[b"test"]).expect("server TLS");
-        let socket = crate::quic::udp_socket("127.0.0.1:0".parse().unwrap()).expect("socket");
-        let peer = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("peer runtime");
-            runtime.block_on(async move {
-                // A relay's server side: its own keep-alives are 5 s apart, so what keeps
-                // the dialer hearing from it is its ACKs of the dialer's keep-alives.
-                let endpoint = crate::quic::server_endpoint(socket, tls, &Limits::default(), b"t")
-                    .expect("peer endpoint");
-                addr_tx.send(endpoint.local_addr().unwrap()).unwrap();
-                let conn = endpoint
-                    .accept()
-                    .await
-                    .expect("incoming")
-                    .await
-                    .expect("accepted");
-                let _ = freeze_rx.await;
-                // Blocks the peer's only thread until the test ends.
-                let _ = thaw_rx.recv();
-                drop(conn);
-            });
-        });
-        let peer_addr = addr_rx.recv().expect("peer address");
+        // A relay's server side: its own keep-alives are 5 s apart, so what keeps the
+        // dialer hearing from it is its ACKs of the dialer's keep-alives.
+        let mut peer = crate::test_peer::FreezablePeer::spawn(&ca, b"test");
+        let peer_addr = peer.addr();
 
         let endpoint = relay_endpoint(&ca);
         let tls = ferry_certs::client_config(ca.cert_pem(), &[b"test"]).expect("client TLS");
@@ -98,7 +67,7 @@ mod tests {
         let idle = tokio::time::timeout(quiet * 4, silence(&conn, quiet)).await;
         assert!(idle.is_err(), "an idle live link was reported silent");
 
-        freeze_tx.send(()).unwrap();
+        peer.freeze();
         let frozen_at = std::time::Instant::now();
         tokio::time::timeout(quiet * 4, silence(&conn, quiet))
             .await
@@ -110,8 +79,5 @@ mod tests {
         );
         // Nothing was closed: quinn has not noticed yet (its idle timeout is longer).
         assert!(conn.close_reason().is_none(), "the link was closed");
-
-        thaw_tx.send(()).unwrap();
-        peer.join().unwrap();
     }
 }

@@ -65,8 +65,31 @@ pub async fn quic_to_quic_observed(
     }
 }
 
+/// A stream that did not finish cleanly.
+#[derive(Debug, thiserror::Error)]
+#[error("the stream broke off after {bytes} bytes: {cause}")]
+pub struct Broken {
+    pub bytes: u64,
+    pub cause: BrokenCause,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokenCause {
+    /// The sender aborted the stream, or the connection was lost.
+    #[error("{0}")]
+    Stream(#[from] quinn::ReadError),
+    /// The sink stopped taking bytes (a closed pipe, a reset TCP connection).
+    #[error("writing: {0}")]
+    Sink(#[from] std::io::Error),
+}
+
 /// Copies QUIC → a byte sink (TCP, stdout), shutting the sink's write side at the end.
-pub async fn quic_to_writer(mut from: RecvStream, mut to: impl AsyncWrite + Unpin) -> u64 {
+/// Returns the bytes copied, or how the stream broke off: a truncated copy must not
+/// look complete to whoever reports on it (`ferry tcp`'s exit status).
+pub async fn quic_to_writer(
+    mut from: RecvStream,
+    mut to: impl AsyncWrite + Unpin,
+) -> Result<u64, Broken> {
     let mut total = 0u64;
     // Gathering many frames into one buffer turns a syscall per packet into one per
     // buffer; the copy is cheap next to the syscalls it saves.
@@ -77,18 +100,28 @@ pub async fn quic_to_writer(mut from: RecvStream, mut to: impl AsyncWrite + Unpi
                 total += n as u64;
                 // Flush each write: some sinks (tokio's stdout) hold written bytes until
                 // flushed, which would stall an interactive protocol such as SSH.
-                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                let written = match to.write_all(&buf[..n]).await {
+                    Ok(()) => to.flush().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = written {
                     let _ = from.stop(ABORTED);
-                    return total;
+                    return Err(Broken {
+                        bytes: total,
+                        cause: e.into(),
+                    });
                 }
             }
             Ok(None) => {
                 let _ = to.shutdown().await;
-                return total;
+                return Ok(total);
             }
-            Err(_) => {
+            Err(e) => {
                 // The sender aborted: do not turn that into a clean EOF downstream.
-                return total;
+                return Err(Broken {
+                    bytes: total,
+                    cause: e.into(),
+                });
             }
         }
     }
@@ -130,7 +163,10 @@ pub async fn quic_with_tcp(send: SendStream, recv: RecvStream, tcp: TcpStream) -
         quic_to_writer(recv, tcp_write),
         reader_to_quic(tcp_read, send)
     );
-    SpliceStats { forward, backward }
+    SpliceStats {
+        forward: forward.unwrap_or_else(|broken| broken.bytes),
+        backward,
+    }
 }
 
 /// Splices two QUIC streams (the relay's job) until both directions are done.
