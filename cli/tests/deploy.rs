@@ -243,26 +243,28 @@ fn the_chart_lints_and_refuses_values_that_cannot_work() {
     assert!(find(&objects, "PersistentVolumeClaim", "ferry-control").is_some());
 }
 
+/// Runs `ferry control --init-ca` on `data_dir`; returns what it printed.
+fn init_ca(data_dir: &Path) -> Result<String> {
+    let out = Command::new(FERRY)
+        .args(["control", "--init-ca", "--data-dir"])
+        .arg(data_dir)
+        .env("FERRY_CONFIG", data_dir.join("no-such-config.toml"))
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "ferry control --init-ca: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// `ferry control --init-ca` makes the CA that the chart's Secret holds: once, then the
 /// same one on every later run, with the key readable by its owner only.
 #[test]
 fn init_ca_makes_a_ca_once_and_keeps_it() {
     let dir = TempDir::new("init-ca");
     let data = dir.0.join("ca");
-    let run = || {
-        let out = Command::new(FERRY)
-            .args(["control", "--init-ca", "--data-dir"])
-            .arg(&data)
-            .env("FERRY_CONFIG", dir.0.join("no-such-config.toml"))
-            .output()
-            .expect("run ferry");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = || init_ca(&data).expect("ferry control --init-ca");
     let said = run();
     assert!(
         said.contains("ca.pem") && said.contains("ca.key.pem"),
@@ -439,6 +441,23 @@ fn pod(
     Ok(Pod { args, env })
 }
 
+/// A relay token for `relay`, minted with the admin token by the control plane behind
+/// `control`.
+async fn relay_token(control: &ControlClient, admin_token: &str, relay: &str) -> Result<String> {
+    let minted: ferry_proto::api::MintTokenResponse = control
+        .post(
+            "/api/v1/tokens",
+            Some(admin_token),
+            &ferry_proto::api::MintTokenRequest {
+                kind: TokenKind::Relay,
+                subject: relay.into(),
+                ttl_secs: None,
+            },
+        )
+        .await?;
+    Ok(minted.token)
+}
+
 /// Every relay in the control plane's region map.
 async fn relays_listed(control: &ControlClient, admin_token: &str) -> Result<Vec<RelayInfo>> {
     let regions: RegionsResponse = control.get("/api/v1/regions", Some(admin_token)).await?;
@@ -489,11 +508,7 @@ async fn the_charts_replicas_share_postgresql() -> Result<()> {
         return Ok(());
     };
     let Ok(base) = std::env::var("FERRY_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: FERRY_TEST_DATABASE_URL is not set, and CI must run this test"
-        );
-        eprintln!("SKIPPED {test}: FERRY_TEST_DATABASE_URL is not set");
+        skipped(test, "FERRY_TEST_DATABASE_URL is not set");
         return Ok(());
     };
     let Some(psql) = tool("psql", test) else {
@@ -539,16 +554,7 @@ async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
 
     // The CA Secret, made the way values.yaml tells operators to.
     let ca_dir = root.join("ferry-ca");
-    let init = Command::new(FERRY)
-        .args(["control", "--init-ca", "--data-dir"])
-        .arg(&ca_dir)
-        .env("FERRY_CONFIG", root.join("no-such-config.toml"))
-        .output()?;
-    ensure!(
-        init.status.success(),
-        "ferry control --init-ca: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    init_ca(&ca_dir)?;
     let mut secrets: BTreeMap<&str, BTreeMap<&str, String>> = BTreeMap::new();
     secrets.insert(
         "ferry-ca",
@@ -642,18 +648,7 @@ async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
     // The relay's token, in the Secret under the pod's name, as NOTES.txt says; minted
     // by the first replica, which the relay also registers with.
     let relay_name = "ferry-relay-eu-0";
-    let minted: ferry_proto::api::MintTokenResponse = first_client
-        .post(
-            "/api/v1/tokens",
-            Some(&first_admin),
-            &ferry_proto::api::MintTokenRequest {
-                kind: TokenKind::Relay,
-                subject: relay_name.into(),
-                ttl_secs: None,
-            },
-        )
-        .await?;
-    let relay_token = minted.token;
+    let relay_token = relay_token(&first_client, &first_admin, relay_name).await?;
     secrets.insert(
         "ferry-relay-tokens",
         BTreeMap::from([(relay_name, format!("{relay_token}\n"))]),
@@ -702,13 +697,21 @@ fn tool(name: &str, test: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(name))
         .find(|p| p.is_file());
     if found.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{test}: {name} is not installed, and CI must run this test (.ci/run installs it)"
+        skipped(
+            test,
+            &format!("{name} is not installed (.ci/run installs it)"),
         );
-        eprintln!("SKIPPED {test}: {name} is not installed");
     }
     found
+}
+
+/// Says loudly that `test` is skipped because of `why`; under CI, fails it instead.
+fn skipped(test: &str, why: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {why}, and CI must run this test"
+    );
+    eprintln!("SKIPPED {test}: {why}");
 }
 
 fn systemd_dir() -> PathBuf {
@@ -846,20 +849,12 @@ async fn systemd_units_verify_and_their_settings_run() -> Result<()> {
     let admin = std::fs::read_to_string(data.join("admin.token"))?
         .trim()
         .to_string();
-    let minted: ferry_proto::api::MintTokenResponse = control
-        .post(
-            "/api/v1/tokens",
-            Some(&admin),
-            &ferry_proto::api::MintTokenRequest {
-                kind: TokenKind::Relay,
-                subject: "eu-1".into(),
-                ttl_secs: None,
-            },
-        )
-        .await?;
     let credentials = root.join("credentials/ferry-relay@eu-1.service");
     std::fs::create_dir_all(&credentials)?;
-    std::fs::write(credentials.join("token"), &minted.token)?;
+    std::fs::write(
+        credentials.join("token"),
+        relay_token(&control, &admin, "eu-1").await?,
+    )?;
 
     let mut relay_env = env_file("relay.env", false);
     for (key, value) in relay_env.iter_mut() {
