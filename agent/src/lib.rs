@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub backoff: Backoff,
     /// How often the region map is fetched again (new relays, drained ones).
     pub map_refresh: Duration,
+    /// QUIC on UDP, the TCP tunnel, or whichever gets through (the default).
+    pub transport: ferry_transport::reach::TransportMode,
 }
 
 impl AgentConfig {
@@ -88,6 +90,7 @@ impl AgentConfig {
             limits: Limits::agent(),
             backoff: Backoff::default(),
             map_refresh: Duration::from_secs(3),
+            transport: Default::default(),
         }
     }
 }
@@ -177,6 +180,14 @@ impl Agent {
         metrics::describe();
         let control = ControlClient::new(&self.config.control_url, &self.config.ca_pem)?;
         let tls = ferry_certs::client_config(&self.config.ca_pem, &[alpn::AGENT])?;
+        let connector = Arc::new(ferry_transport::reach::Connector::new(
+            self.config.transport,
+            &self.config.ca_pem,
+            tls,
+            self.config.limits.clone(),
+            self.config.local_ip,
+            ferry_transport::reach::TransportMemory::in_memory(),
+        )?);
         let ctx = Arc::new(LinkContext {
             workspace: self.workspace.clone(),
             token: self.config.token.clone(),
@@ -185,7 +196,6 @@ impl Agent {
             terminal: self.config.terminal.clone(),
             backoff: self.config.backoff,
         });
-        let mut endpoints: HashMap<bool, quinn::Endpoint> = HashMap::new();
         let (events_tx, mut events) = mpsc::channel::<LinkEvent>(64);
         let mut tasks: JoinSet<String> = JoinSet::new();
         let mut links: HashMap<String, LinkState> = HashMap::new();
@@ -301,26 +311,10 @@ impl Agent {
                     if links.contains_key(&relay.name) {
                         continue;
                     }
-                    let Ok(addr) = relay.quic_addr.parse::<SocketAddr>() else {
-                        continue;
-                    };
-                    let endpoint = match endpoints.get(&addr.is_ipv6()) {
-                        Some(ep) => ep.clone(),
-                        None => {
-                            let ep = ferry_transport::quic::client_endpoint_from(
-                                self.config.local_ip,
-                                addr,
-                                tls.clone(),
-                                &self.config.limits,
-                            )?;
-                            endpoints.insert(addr.is_ipv6(), ep.clone());
-                            ep
-                        }
-                    };
                     let retire = CancellationToken::new();
                     tasks.spawn(link::run(
                         ctx.clone(),
-                        endpoint,
+                        connector.clone(),
                         relay.clone(),
                         retire.clone(),
                         cancel.clone(),
@@ -360,10 +354,9 @@ impl Agent {
         };
         selection_task.shutdown().await;
         tasks.shutdown().await;
-        for endpoint in endpoints.values() {
-            endpoint.close(0u32.into(), b"agent stopping");
-            let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-        }
+        connector
+            .close(b"agent stopping", Duration::from_secs(1))
+            .await;
         result
     }
 

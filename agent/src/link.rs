@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use ferry_proto::api::RelayInfo;
 use ferry_proto::{ErrorCode, ErrorFrame, Notice, StreamHeader, WorkspaceLabel};
-use ferry_transport::dial::{self, DialError};
+use ferry_transport::dial::DialError;
 use ferry_transport::frame_io::{read_frame, FrameError};
+use ferry_transport::reach::{Connector, ReachError, Reached, Transport};
 use quinn::RecvStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -52,7 +53,7 @@ async fn next_notice(mut recv: RecvStream) -> (RecvStream, Result<Notice, FrameE
 /// Runs one link until it is retired and idle, or `stop` fires. Returns the relay's name.
 pub(crate) async fn run(
     ctx: Arc<LinkContext>,
-    endpoint: quinn::Endpoint,
+    connector: Arc<Connector>,
     relay: RelayInfo,
     retire: CancellationToken,
     stop: CancellationToken,
@@ -64,7 +65,7 @@ pub(crate) async fn run(
         if retire.is_cancelled() || stop.is_cancelled() {
             return name;
         }
-        let reason = match connect(&ctx, &endpoint, &relay, &stop, &retire).await {
+        let reason = match connect(&ctx, &connector, &relay, &stop, &retire).await {
             Err(fatal) => {
                 let _ = events.send(LinkEvent::Fatal(fatal)).await;
                 return name;
@@ -78,7 +79,7 @@ pub(crate) async fn run(
                         relay: name.clone(),
                     })
                     .await;
-                match serve(&ctx, &relay, session, &retire, &stop, &events).await {
+                match serve(&ctx, &connector, &relay, session, &retire, &stop, &events).await {
                     None => return name,
                     Some(reason) => reason,
                 }
@@ -104,33 +105,27 @@ pub(crate) async fn run(
 /// `Ok(None)`: stopped; `Ok(Some(Err(reason)))`: retry later.
 async fn connect(
     ctx: &LinkContext,
-    endpoint: &quinn::Endpoint,
+    connector: &Connector,
     relay: &RelayInfo,
     stop: &CancellationToken,
     retire: &CancellationToken,
-) -> Result<Option<Result<dial::Session, String>>, AgentError> {
-    let Ok(addr) = relay.quic_addr.parse() else {
-        return Ok(Some(Err(format!(
-            "relay {} has a bad address {}",
-            relay.name, relay.quic_addr
-        ))));
-    };
+) -> Result<Option<Result<Reached, String>>, AgentError> {
     let started = std::time::Instant::now();
-    let session = tokio::select! {
+    let reached = tokio::select! {
         _ = stop.cancelled() => return Ok(None),
         _ = retire.cancelled() => return Ok(None),
-        s = dial::connect(endpoint, addr, &relay.server_name, &ctx.token) => s,
+        r = connector.connect(relay, &ctx.token) => r,
     };
-    match &session {
+    match &reached {
         Ok(_) => crate::metrics::relay_connected_in(started.elapsed()),
         Err(_) => crate::metrics::relay_connect_failed(),
     }
-    match session {
-        Ok(s) => {
-            tracing::info!(workspace = %ctx.workspace, relay = %relay.name, %addr, "connected to relay");
-            Ok(Some(Ok(s)))
+    match reached {
+        Ok(r) => {
+            tracing::info!(workspace = %ctx.workspace, relay = %relay.name, addr = %relay.quic_addr, transport = %r.transport, why = %r.why, "connected to relay");
+            Ok(Some(Ok(r)))
         }
-        Err(DialError::Refused { frame, .. })
+        Err(ReachError::Refused(DialError::Refused { frame, .. }))
             if matches!(
                 frame.code,
                 ErrorCode::Unauthorized | ErrorCode::TokenExpired | ErrorCode::WrongTokenKind
@@ -144,20 +139,31 @@ async fn connect(
 
 /// Serves one connection. `None`: the link is finished (retired or stopped);
 /// `Some(reason)`: the connection was lost.
+///
+/// On the TCP tunnel, QUIC is tried again every [`ferry_transport::reach::reprobe_interval`];
+/// when it answers, the link moves to it make-before-break: the relay routes new
+/// streams to the new connection, and the old one finishes its streams, then closes.
 async fn serve(
     ctx: &Arc<LinkContext>,
+    connector: &Connector,
     relay: &RelayInfo,
-    session: dial::Session,
+    reached: Reached,
     retire: &CancellationToken,
     stop: &CancellationToken,
     events: &mpsc::Sender<LinkEvent>,
 ) -> Option<String> {
-    let conn = session.conn;
     let _up = crate::metrics::relay_up();
     let mut rtt_sample = tokio::time::interval(RTT_SAMPLE_EVERY);
-    let (_control_send, control_recv) = session.control;
+    let mut transport = reached.transport;
+    let mut _endpoint = reached.endpoint;
+    let mut conn = reached.session.conn;
+    let (mut _control_send, control_recv) = reached.session.control;
     let mut notices = Some(Box::pin(next_notice(control_recv)));
     let mut streams = JoinSet::new();
+    // Connections left behind by a move to QUIC, finishing their streams.
+    let mut leaving = JoinSet::new();
+    let reprobe = tokio::time::sleep(ferry_transport::reach::reprobe_interval());
+    tokio::pin!(reprobe);
     let reason = loop {
         tokio::select! {
             biased;
@@ -171,7 +177,27 @@ async fn serve(
                 break None;
             }
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            Some(_) = leaving.join_next(), if !leaving.is_empty() => {}
             _ = rtt_sample.tick() => crate::metrics::relay_rtt(&relay.name, conn.rtt()),
+            () = &mut reprobe, if transport != Transport::Quic && !retire.is_cancelled() => {
+                match connector.connect_quic(relay, &ctx.token).await {
+                    Ok(quic) => {
+                        tracing::info!(workspace = %ctx.workspace, relay = %relay.name, from = %transport, "QUIC works again: moving back to it");
+                        let old = std::mem::replace(&mut conn, quic.session.conn);
+                        let old_streams = std::mem::take(&mut streams);
+                        leaving.spawn(leave(relay.name.clone(), old, old_streams));
+                        _endpoint = quic.endpoint;
+                        let (send, recv) = quic.session.control;
+                        _control_send = send;
+                        notices = Some(Box::pin(next_notice(recv)));
+                        transport = Transport::Quic;
+                    }
+                    Err(e) => {
+                        tracing::debug!(relay = %relay.name, error = %e, "QUIC still does not get through");
+                        reprobe.as_mut().reset(tokio::time::Instant::now() + ferry_transport::reach::reprobe_interval());
+                    }
+                }
+            }
             (recv, notice) = async { notices.as_mut().expect("guarded").await }, if notices.is_some() => {
                 match notice {
                     Ok(Notice::GoAway { reconnect_after_ms }) => {
@@ -202,7 +228,25 @@ async fn serve(
     };
     // Streams on a dead connection cannot make progress; stop them.
     streams.shutdown().await;
+    leaving.shutdown().await;
     reason
+}
+
+/// The connection a link moved away from (to QUIC, on the same relay): the relay
+/// already routes new streams to the new one; a stream that raced the move is refused
+/// as moving, the open ones finish, then the connection closes.
+async fn leave(relay: String, conn: quinn::Connection, mut streams: JoinSet<()>) {
+    loop {
+        tokio::select! {
+            joined = streams.join_next() => if joined.is_none() { break },
+            accepted = conn.accept_bi() => match accepted {
+                Ok((send, recv)) => { streams.spawn(refuse_moved(relay.clone(), send, recv)); }
+                Err(_) => break,
+            },
+        }
+    }
+    streams.shutdown().await;
+    conn.close(0u32.into(), b"moved to QUIC");
 }
 
 /// A stream on a connection the agent is leaving: the relay should try elsewhere.

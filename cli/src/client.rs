@@ -10,12 +10,14 @@
 //! so that known relays stay reachable while the control plane is down.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferry_proto::api::{RegionsResponse, RelayInfo};
 use ferry_proto::{alpn, ErrorCode, StreamHeader, Target, WorkspaceLabel};
 use ferry_transport::dial::{self, Session, StreamError};
+use ferry_transport::reach::{Connector, Reached, Transport, TransportMemory};
 use ferry_transport::{ControlClient, Limits};
 use quinn::{RecvStream, SendStream};
 use tokio::sync::Mutex;
@@ -38,9 +40,9 @@ pub struct WorkspaceConnection {
     /// The relay of the first connection (for messages).
     pub relay: String,
     candidates: Vec<RelayInfo>,
-    endpoint: quinn::Endpoint,
+    connector: Arc<Connector>,
     token: String,
-    current: Mutex<Current>,
+    current: Arc<Mutex<Current>>,
     /// Asked, when a relay finds no agent, whether the workspace exists at all.
     control: Option<ControlClient>,
 }
@@ -51,12 +53,18 @@ struct Current {
     session: Option<Watched>,
 }
 
-/// A session with its relay's watchdog ([`close_when_relay_dies`]), which stops when
-/// the session is dropped: the watchdog's handle on the connection must not keep an
-/// abandoned connection open.
+/// A session with its relay's watchdog ([`close_when_relay_dies`]) and, on the TCP
+/// tunnel, its climb back to QUIC ([`climb_back`]); both stop when the session is
+/// dropped: their handles on the connection must not keep an abandoned one open.
 struct Watched {
     session: Session,
+    /// The endpoint the session runs on (a tunnel's own, or the UDP one).
+    endpoint: quinn::Endpoint,
+    transport: Transport,
+    /// Why this transport was chosen (`ferry status`).
+    why: String,
     watchdog: tokio::task::AbortHandle,
+    climb_back: Option<tokio::task::AbortHandle>,
 }
 
 impl std::ops::Deref for Watched {
@@ -69,6 +77,9 @@ impl std::ops::Deref for Watched {
 impl Drop for Watched {
     fn drop(&mut self) {
         self.watchdog.abort();
+        if let Some(task) = &self.climb_back {
+            task.abort();
+        }
     }
 }
 
@@ -84,7 +95,7 @@ const RELAY_SILENT: u32 = 2;
 /// while ours still says nothing.
 async fn close_when_relay_dies(
     conn: quinn::Connection,
-    endpoint: quinn::Endpoint,
+    prober: Arc<Connector>,
     relay: String,
     others: Vec<RelayInfo>,
     silent_for: fn(&quinn::Connection) -> Duration,
@@ -96,7 +107,7 @@ async fn close_when_relay_dies(
             _ = ferry_transport::liveness::silence(&conn, quiet) => {}
         }
         let heard = conn.stats().udp_rx.datagrams;
-        let other = first_to_answer(&endpoint, &others).await;
+        let other = first_to_answer(&prober, &others).await;
         if conn.stats().udp_rx.datagrams != heard {
             // Ours spoke up while we asked around: it was only stalled.
             continue;
@@ -124,24 +135,17 @@ fn close_dead_relay(conn: &quinn::Connection, relay: &str, other: &str) {
     conn.close(RELAY_SILENT.into(), b"relay stopped answering");
 }
 
-/// The name of the first of (up to three of) `relays` to complete a QUIC handshake.
-async fn first_to_answer(endpoint: &quinn::Endpoint, relays: &[RelayInfo]) -> Option<String> {
+/// The name of the first of (up to three of) `relays` to complete a handshake, over
+/// whichever transport the CLI may use.
+async fn first_to_answer(prober: &Arc<Connector>, relays: &[RelayInfo]) -> Option<String> {
     let mut handshakes = tokio::task::JoinSet::new();
     for relay in relays.iter().take(3) {
-        let Ok(addr) = relay.quic_addr.parse::<SocketAddr>() else {
-            continue;
-        };
-        let Ok(connecting) = endpoint.connect(addr, &relay.server_name) else {
-            continue;
-        };
-        let name = relay.name.clone();
+        let (prober, relay) = (prober.clone(), relay.clone());
         handshakes.spawn(async move {
-            let conn = tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, connecting)
+            prober
+                .answers(&relay, CLIENT_HANDSHAKE_TIMEOUT)
                 .await
-                .ok()?
-                .ok()?;
-            conn.close(0u32.into(), b"only checking");
-            Some(name)
+                .then_some(relay.name)
         });
     }
     while let Some(answer) = handshakes.join_next().await {
@@ -276,33 +280,37 @@ impl WorkspaceConnection {
             bail!("no relays are registered with the control plane");
         };
         let first_region = first.region.clone();
-        let addr: SocketAddr = first
-            .quic_addr
-            .parse()
-            .with_context(|| format!("relay {} has a bad address", first.name))?;
         let tls = ferry_certs::client_config(&settings.ca_pem, &[alpn::CLIENT])?;
-        let endpoint = ferry_transport::quic::client_endpoint_from(
-            settings.local_ip,
-            addr,
+        let connector = Arc::new(Connector::new(
+            settings.transport,
+            &settings.ca_pem,
             tls,
-            &Limits::client(),
-        )?;
+            Limits::client(),
+            settings.local_ip,
+            TransportMemory::in_file(settings.transport_cache.clone()),
+        )?);
         let mut conn = WorkspaceConnection {
             control: ControlClient::new(&settings.control_url, &settings.ca_pem).ok(),
             workspace,
             relay: String::new(),
             candidates,
-            endpoint,
+            connector,
             token: settings.token.clone(),
-            current: Mutex::new(Current {
+            current: Arc::new(Mutex::new(Current {
                 index: 0,
                 session: None,
-            }),
+            })),
         };
         let mut current = conn.current.lock().await;
-        conn_session(&conn.candidates, &conn.endpoint, &conn.token, &mut current)
-            .await
-            .with_context(|| format!("connecting to a relay for workspace `{}`", conn.workspace))?;
+        conn_session(
+            &conn.candidates,
+            &conn.connector,
+            &conn.token,
+            &conn.current,
+            &mut current,
+        )
+        .await
+        .with_context(|| format!("connecting to a relay for workspace `{}`", conn.workspace))?;
         let relay = conn.candidates[current.index].name.clone();
         if settings.relay.is_none() && conn.candidates[current.index].region != first_region {
             // The nearest region as we knew it did not answer: measure again next time.
@@ -324,9 +332,15 @@ impl WorkspaceConnection {
         loop {
             let (conn, index) = {
                 let mut current = self.current.lock().await;
-                conn_session(&self.candidates, &self.endpoint, &self.token, &mut current)
-                    .await
-                    .map_err(|e| anyhow!("workspace `{}`, {target}: {e:#}", self.workspace))?;
+                conn_session(
+                    &self.candidates,
+                    &self.connector,
+                    &self.token,
+                    &self.current,
+                    &mut current,
+                )
+                .await
+                .map_err(|e| anyhow!("workspace `{}`, {target}: {e:#}", self.workspace))?;
                 let session = current.session.as_ref().expect("connected above");
                 (session.conn.clone(), current.index)
             };
@@ -421,6 +435,15 @@ impl WorkspaceConnection {
         anyhow!("workspace `{}`, {target}: {err}", self.workspace)
     }
 
+    /// How the connection reaches its relay now, and why that transport.
+    pub async fn transport(&self) -> Option<(Transport, String)> {
+        let current = self.current.lock().await;
+        current
+            .session
+            .as_ref()
+            .map(|s| (s.transport, s.why.clone()))
+    }
+
     /// Whether the connection has ended for good (it reconnects by itself otherwise).
     pub fn is_closed(&self) -> bool {
         false
@@ -428,14 +451,41 @@ impl WorkspaceConnection {
 
     /// Closes the connection and lets the close reach the relay.
     pub async fn close(self) {
-        if let Some(s) = self.current.lock().await.session.take() {
-            s.conn.close(0u32.into(), b"done");
-        }
+        let Some(s) = self.current.lock().await.session.take() else {
+            return;
+        };
+        s.conn.close(0u32.into(), b"done");
         // The CONNECTION_CLOSE leaves on the driver's next poll, within microseconds;
         // `wait_idle` would also wait out the draining period (three PTOs, ~80 ms even
         // on loopback), which only delays the exit of `ferry tcp` and of ssh with it.
-        let _ = tokio::time::timeout(Duration::from_millis(20), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(20), s.endpoint.wait_idle()).await;
     }
+}
+
+/// Which transport reaches `relay` from here and why (`ferry ping`): a real
+/// connection and hello, closed at once.
+pub async fn transport_to(
+    settings: &ClientSettings,
+    relay: &RelayInfo,
+) -> Result<(Transport, String)> {
+    let tls = ferry_certs::client_config(&settings.ca_pem, &[alpn::CLIENT])?;
+    let connector = Connector::new(
+        settings.transport,
+        &settings.ca_pem,
+        tls,
+        Limits::client(),
+        settings.local_ip,
+        TransportMemory::in_file(settings.transport_cache.clone()),
+    )?;
+    let reached = tokio::time::timeout(
+        CLIENT_HANDSHAKE_TIMEOUT * 2,
+        connector.connect(relay, &settings.token),
+    )
+    .await
+    .map_err(|_| anyhow!("no answer within {:?}", CLIENT_HANDSHAKE_TIMEOUT * 2))??;
+    reached.session.conn.close(0u32.into(), b"only checking");
+    let _ = tokio::time::timeout(Duration::from_millis(20), reached.endpoint.wait_idle()).await;
+    Ok((reached.transport, reached.why))
 }
 
 /// A control-plane error as the user should read it.
@@ -449,8 +499,9 @@ pub fn api_error(e: ferry_transport::ControlError) -> anyhow::Error {
 /// Makes sure `current` holds a live session, trying candidates from its index on.
 async fn conn_session(
     candidates: &[RelayInfo],
-    endpoint: &quinn::Endpoint,
+    connector: &Arc<Connector>,
     token: &str,
+    shared: &Arc<Mutex<Current>>,
     current: &mut Current,
 ) -> Result<()> {
     if let Some(s) = &current.session {
@@ -465,33 +516,19 @@ async fn conn_session(
     for step in 0..candidates.len() {
         let index = (current.index + step) % candidates.len();
         let relay = &candidates[index];
-        let addr: SocketAddr = match relay.quic_addr.parse() {
-            Ok(a) => a,
-            Err(_) => {
-                errors.push(format!("relay {} has a bad address", relay.name));
-                continue;
-            }
-        };
-        let dialed = tokio::time::timeout(
-            CLIENT_HANDSHAKE_TIMEOUT,
-            dial::connect(endpoint, addr, &relay.server_name, token),
-        )
-        .await;
+        let started = Instant::now();
+        let dialed =
+            tokio::time::timeout(CLIENT_HANDSHAKE_TIMEOUT, connector.connect(relay, token)).await;
         match dialed {
-            Ok(Ok(session)) => {
+            Ok(Ok(reached)) => {
                 let others: Vec<RelayInfo> = (1..candidates.len())
                     .map(|step| candidates[(index + step) % candidates.len()].clone())
                     .collect();
-                let watchdog = tokio::spawn(close_when_relay_dies(
-                    session.conn.clone(),
-                    endpoint.clone(),
-                    relay.name.clone(),
-                    others,
-                    relay_silent_for,
-                ))
-                .abort_handle();
+                tracing::debug!(relay = %relay.name, transport = %reached.transport, why = %reached.why, took_ms = started.elapsed().as_millis() as u64, "connected");
                 current.index = index;
-                current.session = Some(Watched { session, watchdog });
+                current.session = Some(watch_session(
+                    reached, relay, others, connector, token, shared, index,
+                ));
                 return Ok(());
             }
             // A bad token is bad everywhere.
@@ -503,12 +540,94 @@ async fn conn_session(
             }
             Ok(Err(e)) => errors.push(format!("relay {}: {e}", relay.name)),
             Err(_) => errors.push(format!(
-                "relay {} ({addr}): no answer within {CLIENT_HANDSHAKE_TIMEOUT:?}",
-                relay.name
+                "relay {} ({}): no answer within {CLIENT_HANDSHAKE_TIMEOUT:?}",
+                relay.name, relay.quic_addr
             )),
         }
     }
     bail!("no relay answered: {}", errors.join("; "))
+}
+
+/// Starts a session's watchdog and, on the tunnel, its climb back to QUIC.
+fn watch_session(
+    reached: Reached,
+    relay: &RelayInfo,
+    others: Vec<RelayInfo>,
+    connector: &Arc<Connector>,
+    token: &str,
+    shared: &Arc<Mutex<Current>>,
+    index: usize,
+) -> Watched {
+    let watchdog = tokio::spawn(close_when_relay_dies(
+        reached.session.conn.clone(),
+        connector.clone(),
+        relay.name.clone(),
+        others.clone(),
+        relay_silent_for,
+    ))
+    .abort_handle();
+    let climb = (reached.transport != Transport::Quic
+        && connector.mode() == ferry_transport::reach::TransportMode::Auto)
+        .then(|| {
+            tokio::spawn(climb_back(
+                shared.clone(),
+                connector.clone(),
+                relay.clone(),
+                others,
+                token.to_string(),
+                index,
+                reached.session.conn.stable_id(),
+            ))
+            .abort_handle()
+        });
+    Watched {
+        session: reached.session,
+        endpoint: reached.endpoint,
+        transport: reached.transport,
+        why: reached.why,
+        watchdog,
+        climb_back: climb,
+    }
+}
+
+/// While a session runs on the TCP tunnel, tries QUIC again every re-probe interval;
+/// when it answers, new streams use the QUIC session, and the tunnel's connection
+/// ends once its open streams have (make before break).
+async fn climb_back(
+    shared: Arc<Mutex<Current>>,
+    connector: Arc<Connector>,
+    relay: RelayInfo,
+    others: Vec<RelayInfo>,
+    token: String,
+    index: usize,
+    on: usize,
+) {
+    loop {
+        tokio::time::sleep(ferry_transport::reach::reprobe_interval()).await;
+        let reached = match connector.connect_quic(&relay, &token).await {
+            Ok(reached) => reached,
+            Err(e) => {
+                tracing::debug!(relay = %relay.name, error = %e, "QUIC still does not get through");
+                continue;
+            }
+        };
+        let mut current = shared.lock().await;
+        let still_ours = current.index == index
+            && current.session.as_ref().map(|s| s.conn.stable_id()) == Some(on);
+        if !still_ours {
+            reached.session.conn.close(0u32.into(), b"not needed");
+            return;
+        }
+        tracing::info!(relay = %relay.name, "QUIC gets through again: new streams use it, open ones finish on the tunnel");
+        let mut reached = reached;
+        reached.why = "QUIC works again (re-probed from the TCP tunnel)".into();
+        let fresh = watch_session(reached, &relay, others, &connector, &token, &shared, index);
+        // Dropping the old session aborts this task too, at its next await: none follows.
+        let old = current.session.replace(fresh);
+        drop(current);
+        drop(old);
+        return;
+    }
 }
 
 /// Parses a target: a port number, or `ssh`.
@@ -537,6 +656,23 @@ mod tests {
             incarnation: 0,
             https_url: None,
         }
+    }
+
+    /// What the watchdog asks other relays with: QUIC only, as these test relays
+    /// have no HTTPS port.
+    fn prober(ca: &ferry_certs::Ca) -> Arc<Connector> {
+        let tls = ferry_certs::client_config(ca.cert_pem(), &[alpn::CLIENT]).unwrap();
+        Arc::new(
+            Connector::new(
+                ferry_transport::reach::TransportMode::Quic,
+                ca.cert_pem(),
+                tls,
+                Limits::client(),
+                None,
+                TransportMemory::in_memory(),
+            )
+            .unwrap(),
+        )
     }
 
     /// Keep-alives every 100 ms: a live peer is never 300 ms silent.
@@ -568,10 +704,10 @@ mod tests {
         let ca = ferry_certs::Ca::create().unwrap();
         let mut ours = FreezablePeer::spawn(&ca, alpn::CLIENT);
         let other = FreezablePeer::spawn(&ca, alpn::CLIENT);
-        let (endpoint, conn) = connected(&ca, ours.addr()).await;
+        let (_endpoint, conn) = connected(&ca, ours.addr()).await;
         tokio::spawn(close_when_relay_dies(
             conn.clone(),
-            endpoint,
+            prober(&ca),
             "ours".into(),
             vec![relay_at("other", other.addr())],
             fast_silence,
@@ -617,10 +753,10 @@ mod tests {
             .enumerate()
             .map(|(i, s)| relay_at(&format!("deaf-{i}"), s.local_addr().unwrap()))
             .collect();
-        let (endpoint, conn) = connected(&ca, ours.addr()).await;
+        let (_endpoint, conn) = connected(&ca, ours.addr()).await;
         tokio::spawn(close_when_relay_dies(
             conn.clone(),
-            endpoint,
+            prober(&ca),
             "ours".into(),
             others,
             fast_silence,

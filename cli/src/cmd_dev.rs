@@ -314,6 +314,7 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
             } else {
                 None
             },
+            transport: None,
         }
         .save(&config_path)?;
     }

@@ -57,6 +57,18 @@ pub async fn ping(args: PingArgs) -> Result<()> {
     latency::report(&settings, &body, Duration::from_secs(2)).await;
 
     let rows = selection.selector.rows();
+    // How each region's first relay is reached (QUIC, or the TCP tunnel where UDP is
+    // blocked), and why: one real connection per region.
+    let mut transports: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for region in &regions {
+        if let Some(relay) = region.relays.first() {
+            let seen = match crate::client::transport_to(&settings, relay).await {
+                Ok((t, why)) => (t.to_string(), why),
+                Err(e) => ("none".to_string(), format!("{e:#}")),
+            };
+            transports.insert(region.name.clone(), seen);
+        }
+    }
     if args.json {
         let regions: Vec<serde_json::Value> = rows
             .iter()
@@ -69,6 +81,8 @@ pub async fn ping(args: PingArgs) -> Result<()> {
                     "up": r.up,
                     "probes": r.samples,
                     "via": methods.get(&r.name),
+                    "transport": transports.get(&r.name).map(|t| &t.0),
+                    "transport_reason": transports.get(&r.name).map(|t| &t.1),
                 })
             })
             .collect();
@@ -107,6 +121,10 @@ pub async fn ping(args: PingArgs) -> Result<()> {
         Some(region) => println!("\nchosen: {region} ({})", choice.reason),
         None => println!("\nchosen: none ({})", choice.reason),
     }
+    println!();
+    for (region, (transport, why)) in &transports {
+        println!("transport to {region}: {transport} ({why})");
+    }
     Ok(())
 }
 
@@ -125,6 +143,7 @@ pub async fn status(args: StatusArgs) -> Result<()> {
     let settings = args.client.settings()?;
     let conn = WorkspaceConnection::connect(&settings, &args.workspace).await?;
     let traced = conn.trace().await;
+    let transport = conn.transport().await;
     let workspace = conn.workspace.to_string();
     conn.close().await;
     let (relay, rtt, report) = traced?;
@@ -147,12 +166,17 @@ pub async fn status(args: StatusArgs) -> Result<()> {
                 "from": from, "to": to, "rtt_us": rtt_us,
             })).collect::<Vec<_>>(),
             "total_rtt_us": total,
+            "transport": transport.as_ref().map(|t| t.0.to_string()),
+            "transport_reason": transport.as_ref().map(|t| t.1.clone()),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
     let show = |s: &str| s.replacen(':', " ", 1);
     println!("workspace {workspace}");
+    if let Some((transport, why)) = &transport {
+        println!("  transport to the relay: {transport} ({why})");
+    }
     for (from, to, rtt_us) in &hops {
         println!(
             "  {:<24} -> {:<28} {:>10}",

@@ -184,6 +184,11 @@ pub struct RelayArgs {
     /// pointing at the relays of the region)
     #[arg(long, env = "FERRY_APPS_DOMAIN")]
     pub apps_domain: Option<String>,
+    /// The HTTPS origin announced to browsers, and to agents and clients for the TCP
+    /// tunnel, when an L7 proxy or load balancer fronts the relay's HTTPS port
+    /// (https://HOST[:PORT]) [default: https://FIRST-CERT-NAME:PORT]
+    #[arg(long, env = "FERRY_HTTPS_URL")]
+    pub https_url: Option<String>,
     /// Plain-HTTP admin address (/healthz, /readyz, /metrics); port 0 picks a free port
     #[arg(long, env = "FERRY_ADMIN_LISTEN", default_value = "127.0.0.1:0")]
     pub admin_listen: SocketAddr,
@@ -218,6 +223,15 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
     config.listen = args.listen;
     config.advertise = args.advertise;
     config.names = args.cert_names.clone();
+    if let Some(url) = &args.https_url {
+        let url = url.trim_end_matches('/');
+        if !url.starts_with("https://") || url["https://".len()..].contains('/') {
+            bail!(
+                "--https-url must be an origin like https://relay.example.com[:PORT], not `{url}`"
+            );
+        }
+        config.https_url = Some(url.to_string());
+    }
     config.admin_listen = Some(args.admin_listen);
     config.apps_domain = args
         .apps_domain
@@ -292,6 +306,10 @@ pub struct AgentArgs {
     /// Source address for connections to relays (multi-homed hosts, the WAN emulator)
     #[arg(long, env = "FERRY_LOCAL_IP")]
     pub local_ip: Option<std::net::IpAddr>,
+    /// How to reach relays: auto (QUIC, falling back to a TLS tunnel on TCP where UDP
+    /// is blocked), quic, or tcp
+    #[arg(long, env = "FERRY_TRANSPORT", default_value = "auto")]
+    pub transport: ferry_transport::reach::TransportMode,
     /// Milliseconds between RTT probes of every relay
     #[arg(long, default_value_t = 15000, hide = true)]
     pub probe_ms: u64,
@@ -326,6 +344,7 @@ pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
     );
     config.region = args.region.filter(|r| r != "auto");
     config.local_ip = args.local_ip;
+    config.transport = args.transport;
     config.probe_interval = Duration::from_millis(args.probe_ms.max(50));
     config.ssh_target = args.ssh_target;
     if args.disable_terminal {

@@ -20,6 +20,9 @@ pub struct CliConfig {
     /// unset: the nearest by measured RTT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
+    /// How to reach relays: `auto`, `quic` or `tcp` (like `--transport`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<String>,
 }
 
 /// Where the config lives.
@@ -74,6 +77,10 @@ pub struct ClientSettings {
     pub local_ip: Option<std::net::IpAddr>,
     /// Where recent RTT estimates per region are kept between runs.
     pub latency_cache: PathBuf,
+    /// How to reach relays (`--transport`).
+    pub transport: ferry_transport::reach::TransportMode,
+    /// Which transport worked on which network, kept between runs.
+    pub transport_cache: PathBuf,
 }
 
 /// Flags every client command takes.
@@ -97,6 +104,10 @@ pub struct ClientArgs {
     /// Source address for connections to relays (multi-homed hosts, the WAN emulator)
     #[arg(long, env = "FERRY_LOCAL_IP", global = true)]
     pub local_ip: Option<std::net::IpAddr>,
+    /// How to reach relays: auto (QUIC, falling back to a TLS tunnel on TCP where UDP
+    /// is blocked), quic, or tcp [default: from the config file, else auto]
+    #[arg(long, env = "FERRY_TRANSPORT", global = true)]
+    pub transport: Option<ferry_transport::reach::TransportMode>,
 }
 
 impl ClientArgs {
@@ -128,6 +139,14 @@ impl ClientArgs {
             region: self.region.clone().or(file.region).filter(|r| r != "auto"),
             local_ip: self.local_ip,
             latency_cache: path.with_file_name("latency-cache.json"),
+            transport: match (self.transport, file.transport.as_deref()) {
+                (Some(t), _) => t,
+                (None, Some(t)) => t.parse().map_err(|e: String| {
+                    anyhow::anyhow!("{e} (`transport` in {})", path.display())
+                })?,
+                (None, None) => Default::default(),
+            },
+            transport_cache: path.with_file_name("transport-cache.json"),
         })
     }
 }

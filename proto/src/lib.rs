@@ -24,6 +24,7 @@ pub mod notice;
 pub mod terminal;
 pub mod token;
 pub mod trace;
+pub mod tunnel;
 
 pub use codec::DecodeError;
 pub use error_code::ErrorCode;

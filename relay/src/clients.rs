@@ -117,9 +117,11 @@ pub async fn serve_agent(shared: Arc<Shared>, conn: Connection, stop: Cancellati
         shared.view.learn(label.as_str(), &shared.region);
         let standby = crate::view::holds_as_standby(&shared, &label).unwrap_or(false);
         let (id, replaced) = shared.agents.insert(label.clone(), conn.clone(), standby);
-        if let Some(old) = replaced {
-            tracing::warn!("a newer agent connection for this workspace replaces the old one");
-            old.conn.close(ErrorCode::Draining.to_u16().into(), b"replaced by a newer connection");
+        if replaced.is_some() {
+            // New streams go to the newer connection. The older one is not closed: an
+            // agent moving from the TCP tunnel back to QUIC still carries streams on
+            // it, and closes it once they end; a dead one ends at its idle timeout.
+            tracing::info!("a newer agent connection for this workspace takes its new streams");
         }
         shared.directory.report(label.as_str(), true, standby);
         tracing::info!(standby, "agent connected");

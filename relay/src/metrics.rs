@@ -35,6 +35,7 @@ pub const AGENT_RTT: &str = "ferry_relay_agent_rtt_seconds";
 pub const DRAINING: &str = "ferry_relay_draining";
 pub const STREAM_LIMIT: &str = "ferry_relay_stream_limit";
 pub const CONNECTION_LIMIT: &str = "ferry_relay_connection_limit";
+pub const CONNECTIONS_BY_TRANSPORT: &str = "ferry_relay_connections_by_transport";
 
 /// Who is on the other end of a connection, by ALPN.
 #[derive(Debug, Clone, Copy)]
@@ -45,6 +46,26 @@ pub(crate) enum Role {
 }
 
 const ROLES: [&str; 3] = ["agent", "client", "mesh"];
+
+/// How an agent's or client's packets reach the relay: QUIC on UDP, or QUIC inside a
+/// tunnel on the HTTPS port ([`ferry_transport::tunnel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    Quic = 0,
+    Tcp = 1,
+    WebSocket = 2,
+}
+
+const TRANSPORTS: [&str; 3] = ["quic", "tcp", "websocket"];
+
+impl From<ferry_transport::tunnel::TunnelKind> for Transport {
+    fn from(kind: ferry_transport::tunnel::TunnelKind) -> Transport {
+        match kind {
+            ferry_transport::tunnel::TunnelKind::Tls => Transport::Tcp,
+            ferry_transport::tunnel::TunnelKind::WebSocket => Transport::WebSocket,
+        }
+    }
+}
 
 /// What a routed stream is: its target for a client's stream, `forwarded` for a
 /// stream another relay sent us (counted once, by the relay the client reached).
@@ -83,6 +104,8 @@ pub(crate) enum Scope {
 pub(crate) struct RelayMetrics {
     relay: String,
     connections: [Gauge; 3],
+    /// Agents (0) and clients (1) by [`Transport`].
+    by_transport: [[Gauge; 3]; 2],
     accepted: [Counter; 3],
     handshake: [Histogram; 3],
     handshake_failures: Counter,
@@ -170,6 +193,11 @@ fn describe() {
     );
     describe_gauge!(DRAINING, Unit::Count, "1 while the relay drains, else 0.");
     describe_gauge!(
+        CONNECTIONS_BY_TRANSPORT,
+        Unit::Count,
+        "Open agent and client connections by transport: quic (UDP), tcp (QUIC in a TLS tunnel on the HTTPS port, for networks that block UDP) or websocket (the same through an L7 proxy)."
+    );
+    describe_gauge!(
         STREAM_LIMIT,
         Unit::Count,
         "Concurrent streams this relay carries before refusing with `overloaded` (--max-streams)."
@@ -189,7 +217,13 @@ impl RelayMetrics {
         let by_kind = |name: &'static str| KINDS.map(|kind| (name, r.clone(), kind));
         metrics::gauge!(STREAM_LIMIT, "relay" => r.clone()).set(max_streams as f64);
         metrics::gauge!(CONNECTION_LIMIT, "relay" => r.clone()).set(max_connections as f64);
+        let by_transport = |role: &'static str| {
+            TRANSPORTS.map(|transport| {
+                metrics::gauge!(CONNECTIONS_BY_TRANSPORT, "relay" => r.clone(), "role" => role, "transport" => transport)
+            })
+        };
         RelayMetrics {
+            by_transport: [by_transport("agent"), by_transport("client")],
             connections: by_role(CONNECTIONS)
                 .map(|(n, r, role)| metrics::gauge!(n, "relay" => r, "role" => role)),
             accepted: by_role(CONNECTIONS_ACCEPTED)
@@ -220,6 +254,19 @@ impl RelayMetrics {
         self.handshake[i].record(handshake.as_secs_f64());
         self.connections[i].increment(1.0);
         ConnectionGuard(self.connections[i].clone())
+    }
+
+    /// An agent or client connection arrived by `transport`; it counts until the
+    /// guard drops. Mesh links are not counted (always QUIC).
+    pub fn transport(&self, role: Role, transport: Transport) -> Option<ConnectionGuard> {
+        let row = match role {
+            Role::Agent => 0,
+            Role::Client => 1,
+            Role::Mesh => return None,
+        };
+        let gauge = &self.by_transport[row][transport as usize];
+        gauge.increment(1.0);
+        Some(ConnectionGuard(gauge.clone()))
     }
 
     pub fn handshake_failed(&self) {

@@ -69,6 +69,9 @@ pub struct RelayConfig {
     /// `APPS_DOMAIN`); the certificate then also covers `*.APPS_DOMAIN`. HTTPS runs on
     /// the TCP port numbered like `listen` either way (for `/.ferry/ping`).
     pub apps_domain: Option<String>,
+    /// The HTTPS origin announced in the region map, when an L7 proxy or load
+    /// balancer fronts the HTTPS port; none: `https://FIRST-NAME:PORT`.
+    pub https_url: Option<String>,
 }
 
 impl RelayConfig {
@@ -97,6 +100,7 @@ impl RelayConfig {
             report_every: crate::report::REPORT_EVERY,
             cache_dir: None,
             apps_domain: None,
+            https_url: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
         }
@@ -154,6 +158,9 @@ pub(crate) struct Shared {
     pub bytes_relayed: std::sync::atomic::AtomicU64,
     pub metrics: crate::metrics::RelayMetrics,
     pub load: crate::load::Load,
+    /// Agents and clients whose UDP is blocked reach the endpoint through tunnels on
+    /// the HTTPS port ([`ferry_transport::tunnel`]).
+    pub tunnels: ferry_transport::tunnel::Ingress,
 }
 
 impl Shared {
@@ -200,7 +207,10 @@ impl Relay {
             Some(name) => name.clone(),
             None => advertise.ip().to_string(),
         };
-        let https_url = format!("https://{https_host}:{}", advertise.port());
+        let https_url = config
+            .https_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{https_host}:{}", advertise.port()));
         let control = ControlClient::new(&config.control_url, &config.ca_pem)?;
         let cache_path = config
             .cache_dir
@@ -261,7 +271,7 @@ impl Relay {
             max_udp_payload: ferry_transport::quic::MESH_MAX_UDP_PAYLOAD,
             ..config.limits.clone()
         };
-        let endpoint = ferry_transport::quic::server_endpoint(
+        let (endpoint, tunnels) = ferry_transport::quic::server_endpoint_with_tunnels(
             socket,
             tls,
             &handshake_limits,
@@ -311,6 +321,7 @@ impl Relay {
                 config.max_connections,
             ),
             load: crate::load::Load::new(config.max_streams, config.max_connections),
+            tunnels,
         });
         {
             let shared = shared.clone();
@@ -355,7 +366,10 @@ impl Relay {
             tasks: tokio_util::task::TaskTracker::new(),
             stop: stop.clone(),
         });
-        let https_tls = ferry_certs::server_config(&cert, &[b"h2", b"http/1.1"])?;
+        // The tunnel's ALPN first: rustls picks the first of ours that the client offers,
+        // and a tunnel client offers http/1.1 too (for L7 proxies). Browsers never
+        // offer it.
+        let https_tls = ferry_certs::server_config(&cert, &[alpn::TUNNEL, b"h2", b"http/1.1"])?;
         background.spawn(crate::web::serve(
             shared.clone(),
             web,
@@ -544,12 +558,45 @@ async fn serve_connection(
     if matches!(protocol.as_deref(), Some(p) if p == alpn::CLIENT || p == alpn::MESH) {
         conn.set_max_concurrent_bi_streams(shared.stream_allowance.into());
     }
-    match protocol.as_deref() {
-        Some(p) if p == alpn::AGENT => crate::clients::serve_agent(shared, conn, cancel).await,
-        Some(p) if p == alpn::CLIENT => crate::clients::serve_client(shared, conn, cancel).await,
-        Some(p) if p == alpn::MESH => crate::mesh::serve_mesh(shared, conn, cancel).await,
-        // rustls refuses a handshake with no common ALPN, so this is only a safety net.
-        _ => conn.close(ErrorCode::Protocol.to_u16().into(), b"unknown ALPN"),
+    let transport = match shared.tunnels.tunnel(conn.remote_address()) {
+        Some(tunnel) => {
+            tracing::debug!(peer = %tunnel.peer, transport = tunnel.kind.as_str(), "connection through a tunnel");
+            crate::metrics::Transport::from(tunnel.kind)
+        }
+        None => crate::metrics::Transport::Quic,
+    };
+    let _by_transport = role.and_then(|role| shared.metrics.transport(role, transport));
+    // A tunnel that ends takes its peer with it: close the connection now, and let the
+    // role's own code clean up as for any closed connection.
+    let tunnel_ended = async {
+        if transport != crate::metrics::Transport::Quic {
+            shared
+                .tunnels
+                .ended(conn.remote_address())
+                .cancelled()
+                .await;
+            conn.close(0u32.into(), b"tunnel closed");
+        }
+        std::future::pending::<()>().await
+    };
+    let serve = async {
+        match protocol.as_deref() {
+            Some(p) if p == alpn::AGENT => {
+                crate::clients::serve_agent(shared.clone(), conn.clone(), cancel).await
+            }
+            Some(p) if p == alpn::CLIENT => {
+                crate::clients::serve_client(shared.clone(), conn.clone(), cancel).await
+            }
+            Some(p) if p == alpn::MESH => {
+                crate::mesh::serve_mesh(shared.clone(), conn.clone(), cancel).await
+            }
+            // rustls refuses a handshake with no common ALPN, so this is only a safety net.
+            _ => conn.close(ErrorCode::Protocol.to_u16().into(), b"unknown ALPN"),
+        }
+    };
+    tokio::select! {
+        () = serve => {}
+        () = tunnel_ended => {}
     }
 }
 

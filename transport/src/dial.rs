@@ -64,6 +64,8 @@ pub enum DialError {
     /// The relay refused us, with its reason.
     #[error("relay {addr} refused the connection: {frame}")]
     Refused { addr: SocketAddr, frame: ErrorFrame },
+    #[error("cannot open a UDP endpoint: {0}")]
+    Endpoint(#[from] crate::quic::EndpointError),
 }
 
 impl DialError {

@@ -11,8 +11,10 @@ pub mod gso;
 pub mod liveness;
 pub mod probe;
 pub mod quic;
+pub mod reach;
 pub mod splice;
 pub mod test_peer;
+pub mod tunnel;
 
 pub use control_client::{ControlClient, ControlError};
 pub use dial::{DialError, StreamError};

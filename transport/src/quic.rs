@@ -175,10 +175,46 @@ pub fn server_endpoint(
     limits: &Limits,
     reset_secret: &[u8],
 ) -> Result<quinn::Endpoint, EndpointError> {
-    let addr = socket.local_addr().map_err(|source| EndpointError::Bind {
+    let addr = bound_addr(&socket)?;
+    let (endpoint_config, config) = server_configs(tls, limits, reset_secret)?;
+    new_endpoint(endpoint_config, Some(config), socket)
+        .map_err(|source| EndpointError::Bind { addr, source })
+}
+
+/// Like [`server_endpoint`], with tunnels beside the UDP socket: the returned
+/// [`crate::tunnel::Ingress`] takes the tunnels the relay's HTTPS port accepts, and the
+/// endpoint serves their QUIC connections like any other.
+pub fn server_endpoint_with_tunnels(
+    socket: std::net::UdpSocket,
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+    reset_secret: &[u8],
+) -> Result<(quinn::Endpoint, crate::tunnel::Ingress), EndpointError> {
+    use quinn::Runtime;
+    let addr = bound_addr(&socket)?;
+    let (endpoint_config, config) = server_configs(tls, limits, reset_secret)?;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let bind_err = |source| EndpointError::Bind { addr, source };
+    let udp = crate::gso::SplitGso::new(runtime.wrap_udp_socket(socket).map_err(bind_err)?);
+    let (socket, ingress) = crate::tunnel::relay_socket(udp);
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(config), socket, runtime)
+            .map_err(bind_err)?;
+    Ok((endpoint, ingress))
+}
+
+fn bound_addr(socket: &std::net::UdpSocket) -> Result<SocketAddr, EndpointError> {
+    socket.local_addr().map_err(|source| EndpointError::Bind {
         addr: "0.0.0.0:0".parse().expect("literal"),
         source,
-    })?;
+    })
+}
+
+fn server_configs(
+    tls: rustls::ServerConfig,
+    limits: &Limits,
+    reset_secret: &[u8],
+) -> Result<(quinn::EndpointConfig, quinn::ServerConfig), EndpointError> {
     let crypto =
         QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -196,9 +232,44 @@ pub fn server_endpoint(
     endpoint_config.cid_generator(move || {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
-    new_endpoint(endpoint_config, Some(config), socket)
-        .map_err(|source| EndpointError::Bind { addr, source })
+    Ok((endpoint_config, config))
 }
+
+/// A client endpoint on a tunnel's socket. Inside the tunnel there is no path MTU:
+/// packets start at, and stay at, the largest size the relay receives, which cuts
+/// the per-packet cost of the connection (see [`crate::tunnel`]).
+pub(crate) fn tunnel_client_endpoint(
+    socket: crate::tunnel::socket::TunnelSocket,
+    tls: rustls::ClientConfig,
+    limits: &Limits,
+) -> Result<quinn::Endpoint, EndpointError> {
+    let limits = Limits {
+        max_udp_payload: TUNNEL_MAX_UDP_PAYLOAD,
+        ..limits.clone()
+    };
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    advertise_receive_size(&mut endpoint_config, &limits);
+    let addr = crate::tunnel::tunnel_addr(0);
+    let mut endpoint = quinn::Endpoint::new_with_abstract_socket(
+        endpoint_config,
+        None,
+        Arc::new(socket),
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(|source| EndpointError::Bind { addr, source })?;
+    let mut transport = limits.transport_config();
+    transport.initial_mtu(TUNNEL_MAX_UDP_PAYLOAD);
+    let crypto =
+        QuicClientConfig::try_from(Arc::new(tls)).map_err(|e| EndpointError::Tls(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(Arc::new(transport));
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// The largest QUIC packet inside a tunnel: the largest a relay receives.
+pub const TUNNEL_MAX_UDP_PAYLOAD: u16 = MESH_MAX_UDP_PAYLOAD;
+const _: () = assert!(TUNNEL_MAX_UDP_PAYLOAD as usize == ferry_proto::tunnel::MAX_DATAGRAM);
 
 /// A quinn endpoint on `socket` whose oversized GSO writes are split ([`crate::gso`]).
 fn new_endpoint(

@@ -124,7 +124,24 @@ fn spawn_ferry_logging(
     args: &[&str],
     envs: &[(&str, &str)],
 ) -> Child {
+    spawn_ferry_as(dir, log, args, envs, None)
+}
+
+/// The user sandboxed agents and clients run as (see [`Network::sandbox_clients`]).
+pub const SANDBOX_UID: u32 = 65534;
+
+/// Like [`spawn_ferry`], as user `uid` when given.
+pub fn spawn_ferry_as(
+    dir: &Path,
+    log: std::fs::File,
+    args: &[&str],
+    envs: &[(&str, &str)],
+    uid: Option<u32>,
+) -> Child {
     let mut cmd = Command::new(FERRY);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
     cmd.args(args)
         .env("FERRY_LOG", "debug")
         .env("FERRY_CONFIG", dir.join("no-such-config.toml"))
@@ -164,6 +181,9 @@ pub struct Network {
     pub control: Child,
     pub relays: Vec<Relay>,
     pub agents: Vec<Child>,
+    /// Agents and client commands run as this user when set ([`Network::sandbox_clients`]),
+    /// so that firewall rules matching it cut them alone off from the relays.
+    pub client_uid: Option<u32>,
 }
 
 impl Network {
@@ -182,7 +202,32 @@ impl Network {
             control,
             relays: Vec::new(),
             agents: Vec::new(),
+            client_uid: None,
         })
+    }
+
+    /// From now on, agents and client commands run as `nobody` ([`SANDBOX_UID`]), with
+    /// a CA file and a config directory that user can read and write.
+    pub fn sandbox_clients(&mut self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let public = self.dir.0.join("ca-public.pem");
+        std::fs::copy(&self.ca_file, &public)?;
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644))?;
+        std::fs::set_permissions(&self.dir.0, std::fs::Permissions::from_mode(0o755))?;
+        let home = self.dir.0.join("client-home");
+        std::fs::create_dir_all(&home)?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))?;
+        self.ca_file = public;
+        self.client_uid = Some(SANDBOX_UID);
+        Ok(())
+    }
+
+    /// Where client commands keep their config and caches.
+    pub fn client_config_path(&self) -> PathBuf {
+        match self.client_uid {
+            Some(_) => self.dir.0.join("client-home/config.toml"),
+            None => self.dir.0.join("no-such-config.toml"),
+        }
     }
 
     /// Starts the control plane again, on the same port and data directory, after the
@@ -472,11 +517,13 @@ impl Network {
             args.extend_from_slice(&["--refresh-ms", TEST_AGENT_REFRESH_MS]);
         }
         args.extend_from_slice(extra);
-        let child = spawn_ferry(
+        let log = std::fs::File::create(self.dir.0.join(format!("agent-{workspace}.log")))?;
+        let child = spawn_ferry_as(
             &self.dir.0,
-            &format!("agent-{workspace}"),
+            log,
             &args,
             &[("FERRY_AGENT_TOKEN", &token)],
+            self.client_uid,
         );
         self.agents.push(child);
         Ok(())
@@ -546,11 +593,7 @@ impl Network {
             ("FERRY_TOKEN".into(), token.to_string()),
             (
                 "FERRY_CONFIG".into(),
-                self.dir
-                    .0
-                    .join("no-such-config.toml")
-                    .to_string_lossy()
-                    .into_owned(),
+                self.client_config_path().to_string_lossy().into_owned(),
             ),
         ]
     }
@@ -576,6 +619,9 @@ impl Network {
         envs: &[(&str, &str)],
     ) -> Result<(bool, Vec<u8>, String)> {
         let mut cmd = Command::new(FERRY);
+        if let Some(uid) = self.client_uid {
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(["tcp", workspace, target])
             .envs(self.client_env(token))
             .envs(envs.iter().copied())
@@ -619,6 +665,9 @@ impl Network {
         envs: &[(&str, &str)],
     ) -> Result<(Child, SocketAddr)> {
         let mut cmd = Command::new(FERRY);
+        if let Some(uid) = self.client_uid {
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(["port-forward", workspace, &format!("0:{port}")])
             .envs(self.client_env(token))
             .envs(envs.iter().copied())
@@ -945,4 +994,100 @@ pub async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Resul
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Packet-filter rules of one test (an nftables table of its own, on the output hook),
+/// removed when dropped. Rules name the test's own ports (and, for sandboxed clients,
+/// [`SANDBOX_UID`]), so concurrent tests and the rest of the machine are untouched.
+pub struct Firewall {
+    table: String,
+}
+
+impl Firewall {
+    /// `None`, after a loud SKIPPED, where nft is missing or not permitted (outside
+    /// CI; under CI that fails the test: `.ci/run` installs nftables).
+    pub fn new(test: &str) -> Option<Firewall> {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let table = format!(
+            "ferry_test_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let made = nft(&["add", "table", "inet", &table]).and_then(|()| {
+            for (chain, hook) in [("out", "output"), ("in", "input")] {
+                nft(&[
+                    "add",
+                    "chain",
+                    "inet",
+                    &table,
+                    chain,
+                    &format!("{{ type filter hook {hook} priority 0; policy accept; }}"),
+                ])?;
+            }
+            Ok(())
+        });
+        match made {
+            Ok(()) => Some(Firewall { table }),
+            Err(e) => {
+                assert!(
+                    std::env::var_os("CI").is_none(),
+                    "{test}: nftables is not usable ({e:#}), and CI must run this test"
+                );
+                eprintln!("SKIPPED {test}: nftables is not usable: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// Adds a rule to the output chain, e.g. `udp dport 4433 reject` (the sender's
+    /// `send` fails at once: a dropped or rejected packet on the output path is EPERM).
+    pub fn rule(&self, rule: &str) -> Result<()> {
+        self.add("out", rule)
+    }
+
+    /// Adds a rule to the input chain.
+    pub fn rule_in(&self, rule: &str) -> Result<()> {
+        self.add("in", rule)
+    }
+
+    fn add(&self, chain: &str, rule: &str) -> Result<()> {
+        let mut args = vec!["add", "rule", "inet", &self.table, chain];
+        args.extend(rule.split_whitespace());
+        nft(&args)
+    }
+
+    /// UDP to `port` (from `uid`'s sockets alone, when given) vanishes without a word,
+    /// as on a network that blackholes UDP: the send succeeds, the packet is dropped on
+    /// its way in. (Marked on the output path, where the sending user is known.)
+    pub fn blackhole_udp(&self, port: u16, uid: Option<u32>) -> Result<()> {
+        let who = uid.map(|u| format!("meta skuid {u} ")).unwrap_or_default();
+        self.rule(&format!("{who}udp dport {port} meta mark set 0x7e"))?;
+        self.rule_in(&format!("meta mark 0x7e udp dport {port} drop"))
+    }
+
+    /// Removes every rule: the network lets everything through again.
+    pub fn clear(&self) -> Result<()> {
+        nft(&["flush", "chain", "inet", &self.table, "out"])?;
+        nft(&["flush", "chain", "inet", &self.table, "in"])
+    }
+}
+
+impl Drop for Firewall {
+    fn drop(&mut self) {
+        let _ = nft(&["delete", "table", "inet", &self.table]);
+    }
+}
+
+fn nft(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("nft")
+        .args(args)
+        .output()
+        .context("running nft")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "nft {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod pages;
 mod proxy;
 mod strict;
 mod terminal;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -87,6 +88,13 @@ pub(crate) async fn serve(
                         tracing::debug!(%peer, "TLS handshake failed");
                         return;
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(ferry_proto::alpn::TUNNEL) {
+                        // UDP is blocked where this client is: its QUIC comes this way.
+                        if let Err(e) = shared.tunnels.serve_tls(stream, peer).await {
+                            tracing::debug!(%peer, error = %e, "tunnel ended with an error");
+                        }
+                        return;
+                    }
                     let service = hyper::service::service_fn(move |req| {
                         handle(shared.clone(), web.clone(), peer, req)
                     });
@@ -157,6 +165,10 @@ async fn handle(
     }
     if req.uri().path() == "/.ferry/ping" {
         return Ok(ping(req.method()));
+    }
+    if req.uri().path() == ferry_proto::tunnel::PATH {
+        // On every host name: an L7 proxy in front may send its own.
+        return Ok(tunnel::upgrade(&shared, &web, peer, req));
     }
     let Some(authority) = authority(&req) else {
         return Ok(pages::bad_request("the request names no host"));
