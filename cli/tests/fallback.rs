@@ -261,3 +261,235 @@ async fn when_udp_returns_agent_and_cli_climb_back_to_quic_without_breaking_a_tr
     echo_through(local, 1 << 20).await?;
     Ok(())
 }
+
+/// A program on the PATH, or `None` after a loud SKIPPED (a failure under CI, whose
+/// `.ci/run` installs it).
+fn tool(name: &str, test: &str) -> Option<std::path::PathBuf> {
+    let found = std::env::split_paths(&std::env::var_os("PATH")?)
+        .chain([std::path::PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: {name} is not installed, and CI must run this test"
+        );
+        eprintln!("SKIPPED {test}: {name} is not installed (.ci/run installs it)");
+    }
+    found
+}
+
+/// A free TCP port on loopback (for servers that cannot report the one they bound).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Waits until something accepts TCP on `port`.
+async fn wait_for_port(port: u16, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        ensure!(Instant::now() < deadline, "{what} did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// nginx terminating TLS in front of a relay (as a cloud load balancer would): the
+/// agent and the CLI find `http/1.1` there instead of the tunnel's ALPN and use the
+/// WebSocket form, which nginx passes to the relay's HTTPS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_nginx_terminating_tls_the_websocket_tunnel_works() -> Result<()> {
+    let test = "through_nginx_terminating_tls_the_websocket_tunnel_works";
+    let Some(nginx) = tool("nginx", test) else {
+        return Ok(());
+    };
+    let mut net = Network::start("l7-proxy").await?;
+    let lb_port = free_port();
+    let relay_addr = net
+        .start_relay_with(
+            "eu-1",
+            "eu",
+            "127.0.0.1:0",
+            &["--https-url", &format!("https://127.0.0.1:{lb_port}")],
+        )
+        .await?;
+    // nginx's own certificate, from ferry's CA (a deployment's would come from its
+    // public CA).
+    let ca = ferry_certs::Ca::load_or_create(&net.dir.0.join("control"))?;
+    let cert = ca.issue(&["127.0.0.1".into()], ferry_certs::Usage::Server)?;
+    let dir = net.dir.0.join("nginx");
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    std::fs::write(dir.join("lb.pem"), &cert.cert_pem)?;
+    std::fs::write(dir.join("lb.key"), &cert.key_pem)?;
+    let d = dir.display();
+    let relay_port = relay_addr.port();
+    std::fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n\
+               client_body_temp_path {d}/tmp/body; proxy_temp_path {d}/tmp/proxy;\n\
+               fastcgi_temp_path {d}/tmp/fastcgi; uwsgi_temp_path {d}/tmp/uwsgi; scgi_temp_path {d}/tmp/scgi;\n\
+               server {{\n    listen 127.0.0.1:{lb_port} ssl;\n\
+                 ssl_protocols TLSv1.2;\n    ssl_certificate {d}/lb.pem;\n    ssl_certificate_key {d}/lb.key;\n\
+                 location / {{\n      proxy_pass https://127.0.0.1:{relay_port};\n\
+                   proxy_ssl_protocols TLSv1.3;\n\
+                   proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
+                   proxy_set_header Connection \"upgrade\";\n      proxy_set_header Host $host;\n\
+                   proxy_read_timeout 1h;\n      proxy_send_timeout 1h;\n      proxy_buffering off;\n\
+                 }}\n  }}\n}}\n"
+        ),
+    )?;
+    let _nginx = tokio::process::Command::new(nginx)
+        .arg("-c")
+        .arg(dir.join("nginx.conf"))
+        .arg("-p")
+        .arg(&dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("stderr.log"))?)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting nginx")?;
+    wait_for_port(lb_port, "nginx").await?;
+
+    let echo = echo_server().await;
+    net.start_agent("demo--dev", &["--transport", "tcp"]).await?;
+    let relay = net.relay("eu-1");
+    wait_on_transport(relay, "agent", "websocket", 1.0, Duration::from_secs(10))
+        .await
+        .with_context(|| {
+            format!(
+                "{}\nnginx: {}",
+                net.log_tail("agent-demo--dev", 20),
+                std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+            )
+        })?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let payload = random_bytes(4 << 20);
+    let (ok, out, err) = net
+        .ferry_tcp_env(
+            &user,
+            "demo--dev",
+            &echo.to_string(),
+            &payload,
+            &[("FERRY_TRANSPORT", "tcp")],
+        )
+        .await?;
+    ensure!(ok && out == payload, "ferry tcp through nginx: {err}");
+    let access = std::fs::read_to_string(dir.join("access.log"))?;
+    let upgrades = access
+        .lines()
+        .filter(|l| l.contains("GET /.ferry/tunnel") && l.contains(" 101 "))
+        .count();
+    // nginx logs a request when it ends: the CLI's tunnel has, the agent's is open.
+    ensure!(upgrades >= 1, "nginx passed {upgrades} tunnel upgrades:\n{access}");
+    Ok(())
+}
+
+const WORKSPACE: &str = "demo--dev";
+const EU: [&str; 3] = ["eu-1", "eu-2", "eu-3"];
+
+fn placement(relays: &[&str]) -> Vec<String> {
+    ferry_ring::Ring::new(relays.iter().copied())
+        .successors(WORKSPACE)
+        .iter()
+        .map(|r| r.to_string())
+        .collect()
+}
+
+/// Agents and clients on the tunnel behave as on QUIC when relays go away: SIGTERM
+/// drains without losing a byte of an open stream (and the agent moves), and after a
+/// SIGKILL the standby serves new streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_tunnel_drain_loses_nothing_and_the_standby_takes_over() -> Result<()> {
+    let test = "on_the_tunnel_drain_loses_nothing_and_the_standby_takes_over";
+    let Some(firewall) = Firewall::new(test) else {
+        return Ok(());
+    };
+    let mut net = Network::start("tunnel-failover").await?;
+    net.sandbox_clients()?;
+    for relay in EU {
+        let addr = net
+            .start_relay_with(relay, "eu", "127.0.0.1:0", &["--drain-grace", "20"])
+            .await?;
+        // Relays still reach each other over UDP (the mesh); the sandboxed agent and
+        // CLI do not.
+        firewall.blackhole_udp(addr.port(), Some(SANDBOX_UID))?;
+    }
+    let echo = echo_server().await;
+    net.start_agent(WORKSPACE, &["--region", "eu"]).await?;
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let order = placement(&EU);
+    net.wait_for_placement(WORKSPACE, &[&order[0], &order[1]])
+        .await?;
+    let owner = order[0].clone();
+    ensure!(
+        on_transport(net.relay(&owner), "agent", "tcp").await == 1.0,
+        "the agent is not on the tunnel"
+    );
+
+    // An open stream through the owner, over the tunnel.
+    let (_forward, forward) = net
+        .port_forward_env(&user, "demo", echo, &[("FERRY_RELAY", &owner)])
+        .await?;
+    let tcp = tokio::net::TcpStream::connect(forward).await?;
+    let (mut from, mut to) = tcp.into_split();
+    let first = random_bytes(1 << 20);
+    to.write_all(&first).await?;
+    let mut got = vec![0u8; first.len()];
+    from.read_exact(&mut got).await?;
+    ensure!(got == first, "first half corrupted");
+
+    let draining = net.take_relay(&owner);
+    let mut child = draining.child;
+    sigterm(&child);
+    let rest: Vec<&str> = EU.iter().copied().filter(|r| *r != owner).collect();
+    let next = placement(&rest);
+    net.wait_for_placement(WORKSPACE, &[&owner, &next[0], &next[1]])
+        .await?;
+    // The open stream carries on through the draining relay, byte for byte.
+    let second = random_bytes(1 << 20);
+    to.write_all(&second).await?;
+    let mut got = vec![0u8; second.len()];
+    from.read_exact(&mut got).await?;
+    ensure!(got == second, "second half corrupted");
+    to.shutdown().await?;
+    let mut tail = Vec::new();
+    from.read_to_end(&mut tail).await?;
+    ensure!(tail.is_empty(), "bytes after the end");
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait()).await??;
+    ensure!(exit.success(), "the drained relay exited with {exit}");
+    net.wait_for_placement(WORKSPACE, &[&next[0], &next[1]])
+        .await?;
+
+    // SIGKILL the new owner: the standby, which already holds the agent's tunnel,
+    // serves new streams.
+    let mut killed = net.take_relay(&next[0]);
+    let t0 = Instant::now();
+    killed.child.kill().await?;
+    killed.child.wait().await?;
+    let failover = loop {
+        let (ok, out, _) = net
+            .ferry_tcp_via(&next[1], &user, "demo", &echo.to_string(), b"ping")
+            .await?;
+        if ok && out == b"ping" {
+            break t0.elapsed();
+        }
+        ensure!(t0.elapsed() < Duration::from_secs(20), "no failover after 20 s");
+    };
+    eprintln!("on the tunnel: first stream through the standby {failover:?} after SIGKILL");
+    ensure!(
+        failover < Duration::from_secs(3),
+        "failover on the tunnel took {failover:?}"
+    );
+    ensure!(
+        on_transport(net.relay(&next[1]), "agent", "tcp").await == 1.0,
+        "the standby does not hold the agent on the tunnel"
+    );
+    Ok(())
+}
