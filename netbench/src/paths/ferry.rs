@@ -23,6 +23,9 @@ pub struct Forward {
     forward: Proc,
     /// The forward through another region's relay: (process, address, relay).
     pub mesh: Option<(Proc, SocketAddr, String)>,
+    /// A forward whose connection to its relay runs in the TCP tunnel
+    /// (`--transport tcp`, as on a network that blocks UDP): (process, address).
+    pub tcp: (Proc, SocketAddr),
 }
 
 /// Variables that would point a ferry command at the user's own network.
@@ -40,6 +43,7 @@ impl Forward {
             self.dev.pid(),
             self.forward.pid(),
             self.mesh.as_ref().and_then(|(p, _, _)| p.pid()),
+            self.tcp.0.pid(),
         ]
         .into_iter()
         .flatten()
@@ -69,6 +73,7 @@ impl Forward {
         if let Some((mesh, _, _)) = self.mesh {
             mesh.stop().await;
         }
+        self.tcp.0.stop().await;
         self.forward.stop().await;
         self.dev.stop().await;
     }
@@ -152,7 +157,9 @@ pub async fn start(
         .to_string();
 
     let (forward, addr, relay) =
-        spawn_forward(ferry, &config, tmp, &workspace, target_port, None).await?;
+        spawn_forward(ferry, &config, tmp, &workspace, target_port, None, false).await?;
+    let (tcp_forward, tcp_addr, _) =
+        spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&relay), true).await?;
     // A second forward entering through a relay of another region: every stream takes
     // one mesh hop to the agent's relay, the cost the mesh adds.
     let relays: Vec<(String, String)> = ready_json["relays"]
@@ -177,7 +184,8 @@ pub async fn start(
     let mesh = match other {
         Some(other) => {
             let (proc_, mesh_addr, mesh_relay) =
-                spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&other)).await?;
+                spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&other), false)
+                    .await?;
             ensure!(
                 mesh_relay == other,
                 "the mesh forward went through {mesh_relay}, not {other}"
@@ -196,6 +204,7 @@ pub async fn start(
         dev,
         forward,
         mesh,
+        tcp: (tcp_forward, tcp_addr),
     })
 }
 
@@ -207,18 +216,23 @@ async fn spawn_forward(
     workspace: &str,
     target_port: u16,
     via: Option<&str>,
+    tunnel: bool,
 ) -> Result<(Proc, SocketAddr, String)> {
     let mut fwd_cmd = command(ferry, config);
     if let Some(relay) = via {
         fwd_cmd.env("FERRY_RELAY", relay);
     }
+    if tunnel {
+        fwd_cmd.env("FERRY_TRANSPORT", "tcp");
+    }
     fwd_cmd.args(["port-forward", workspace, &format!("0:{target_port}")]);
     let mut forward = Proc::spawn(
         "ferry port-forward",
         fwd_cmd,
-        tmp.join(match via {
-            Some(r) => format!("port-forward-via-{r}.log"),
-            None => "port-forward.log".into(),
+        tmp.join(match (via, tunnel) {
+            (_, true) => "port-forward-tcp.log".into(),
+            (Some(r), false) => format!("port-forward-via-{r}.log"),
+            (None, false) => "port-forward.log".into(),
         }),
         true,
     )?;

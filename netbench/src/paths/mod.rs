@@ -109,6 +109,14 @@ impl Paths {
             state: State::Ready(forward.addr),
         });
         let ferry_relay = forward.relay.clone();
+        crate::client::check(forward.tcp.1)
+            .await
+            .context("first echo through the forward on the TCP tunnel")?;
+        list.push(Path {
+            key: "ferry_tcp",
+            label: "ferry over TCP",
+            state: State::Ready(forward.tcp.1),
+        });
         list.push(Path {
             key: "ferry_mesh",
             label: "ferry mesh",
@@ -196,7 +204,9 @@ impl Paths {
     pub fn pids(&self, key: &str) -> Vec<u32> {
         match key {
             // The same processes: the mesh path adds a hop inside `ferry dev`.
-            "ferry" | "ferry_mesh" => self.ferry.as_ref().map(|f| f.pids()).unwrap_or_default(),
+            "ferry" | "ferry_mesh" | "ferry_tcp" => {
+                self.ferry.as_ref().map(|f| f.pids()).unwrap_or_default()
+            }
             "ssh" => self.ssh.as_ref().map(|f| f.pids()).unwrap_or_default(),
             "socat" => self
                 .socat

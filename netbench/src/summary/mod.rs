@@ -18,6 +18,7 @@ const PATHS: &[(&str, &str)] = &[
     ("direct", "direct"),
     ("ferry", "ferry"),
     ("ferry_mesh", "ferry mesh"),
+    ("ferry_tcp", "ferry over TCP"),
     ("ssh", "ssh -L"),
     ("socat", "socat"),
     ("rathole", "rathole"),
