@@ -290,7 +290,10 @@ fn free_port() -> u16 {
 /// Waits until something accepts TCP on `port`.
 async fn wait_for_port(port: u16, what: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         ensure!(Instant::now() < deadline, "{what} did not listen on {port}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -358,7 +361,8 @@ async fn through_nginx_terminating_tls_the_websocket_tunnel_works() -> Result<()
     wait_for_port(lb_port, "nginx").await?;
 
     let echo = echo_server().await;
-    net.start_agent("demo--dev", &["--transport", "tcp"]).await?;
+    net.start_agent("demo--dev", &["--transport", "tcp"])
+        .await?;
     let relay = net.relay("eu-1");
     wait_on_transport(relay, "agent", "websocket", 1.0, Duration::from_secs(10))
         .await
@@ -387,7 +391,10 @@ async fn through_nginx_terminating_tls_the_websocket_tunnel_works() -> Result<()
         .filter(|l| l.contains("GET /.ferry/tunnel") && l.contains(" 101 "))
         .count();
     // nginx logs a request when it ends: the CLI's tunnel has, the agent's is open.
-    ensure!(upgrades >= 1, "nginx passed {upgrades} tunnel upgrades:\n{access}");
+    ensure!(
+        upgrades >= 1,
+        "nginx passed {upgrades} tunnel upgrades:\n{access}"
+    );
     Ok(())
 }
 
@@ -480,7 +487,10 @@ async fn on_the_tunnel_drain_loses_nothing_and_the_standby_takes_over() -> Resul
         if ok && out == b"ping" {
             break t0.elapsed();
         }
-        ensure!(t0.elapsed() < Duration::from_secs(20), "no failover after 20 s");
+        ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no failover after 20 s"
+        );
     };
     eprintln!("on the tunnel: first stream through the standby {failover:?} after SIGKILL");
     ensure!(

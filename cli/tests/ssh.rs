@@ -231,3 +231,48 @@ async fn ssh_scp_and_config_ssh_work_through_ferry_with_real_openssh() -> Result
     assert_eq!(String::from_utf8_lossy(&out), "via-config\n");
     Ok(())
 }
+
+/// Where UDP to the relay vanishes, `ferry ssh` still works: the CLI and the agent
+/// reach the relay through the TCP tunnel on its HTTPS port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_ssh_works_through_the_tcp_tunnel_when_udp_is_dropped() -> Result<()> {
+    let test = "ferry_ssh_works_through_the_tcp_tunnel_when_udp_is_dropped";
+    if !openssh_or_skip(test) {
+        return Ok(());
+    }
+    let Some(firewall) = Firewall::new(test) else {
+        return Ok(());
+    };
+    let mut net = Network::start("ssh-tunnel").await?;
+    let relay = net.start_relay("eu-1", "eu", "127.0.0.1:0").await?;
+    firewall.blackhole_udp(relay.port(), None)?;
+    let sshd = start_sshd(&net.dir.0).await?;
+    let target = format!("127.0.0.1:{}", sshd.port);
+    net.start_agent("demo--dev", &["--ssh-target", &target])
+        .await?;
+    let user = net
+        .mint(ferry_proto::token::TokenKind::User, "dev", None)
+        .await?;
+    net.wait_for_agent("demo--dev", &user).await?;
+    let mut cmd = Command::new(FERRY);
+    cmd.args(["ssh", "-l", &current_user()])
+        .args(ssh_options(&sshd.client_key))
+        .args(["demo", "--", "echo", "tunnelled", "$((6*7))"])
+        .envs(net.client_env(&user))
+        .env("FERRY_LOG", "ferry=debug,ferry_transport=debug")
+        .stderr(Stdio::piped());
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        cmd.stdin(Stdio::null()).kill_on_drop(true).output(),
+    )
+    .await
+    .context("ferry ssh did not finish")??;
+    let log = String::from_utf8_lossy(&out.stderr);
+    anyhow::ensure!(out.status.success(), "ferry ssh failed: {log}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "tunnelled 42\n");
+    assert!(
+        log.contains("transport=tcp"),
+        "the CLI did not go through the tunnel: {log}"
+    );
+    Ok(())
+}

@@ -158,8 +158,16 @@ pub async fn start(
 
     let (forward, addr, relay) =
         spawn_forward(ferry, &config, tmp, &workspace, target_port, None, false).await?;
-    let (tcp_forward, tcp_addr, _) =
-        spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&relay), true).await?;
+    let (tcp_forward, tcp_addr, _) = spawn_forward(
+        ferry,
+        &config,
+        tmp,
+        &workspace,
+        target_port,
+        Some(&relay),
+        true,
+    )
+    .await?;
     // A second forward entering through a relay of another region: every stream takes
     // one mesh hop to the agent's relay, the cost the mesh adds.
     let relays: Vec<(String, String)> = ready_json["relays"]
@@ -183,9 +191,16 @@ pub async fn start(
         .map(|(name, _)| name.clone());
     let mesh = match other {
         Some(other) => {
-            let (proc_, mesh_addr, mesh_relay) =
-                spawn_forward(ferry, &config, tmp, &workspace, target_port, Some(&other), false)
-                    .await?;
+            let (proc_, mesh_addr, mesh_relay) = spawn_forward(
+                ferry,
+                &config,
+                tmp,
+                &workspace,
+                target_port,
+                Some(&other),
+                false,
+            )
+            .await?;
             ensure!(
                 mesh_relay == other,
                 "the mesh forward went through {mesh_relay}, not {other}"
