@@ -109,6 +109,8 @@ pub enum AgentError {
     Cert(#[from] ferry_certs::CertError),
     #[error(transparent)]
     Endpoint(#[from] ferry_transport::quic::EndpointError),
+    #[error(transparent)]
+    Connector(#[from] ferry_transport::reach::ConnectorError),
 }
 
 /// Where the agent stands, for status displays and tests.

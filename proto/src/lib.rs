@@ -21,6 +21,7 @@ pub mod error_code;
 pub mod frame;
 pub mod label;
 pub mod notice;
+pub mod relay_addr;
 pub mod terminal;
 pub mod token;
 pub mod trace;
@@ -31,6 +32,7 @@ pub use error_code::ErrorCode;
 pub use frame::{ErrorFrame, Hello, Reply, StreamHeader, Target};
 pub use label::{LabelError, WorkspaceLabel};
 pub use notice::Notice;
+pub use relay_addr::{RelayAddr, RelayAddrError, RelayHost};
 pub use trace::{TraceHop, TraceReport};
 
 /// The protocol version this build speaks, carried in every hello and stream header.

@@ -2,6 +2,8 @@
 //!
 //! One connection per request: the control plane is called at start-up, on
 //! registration and now and then, never on the data path, so pooling would buy little.
+//! The connection goes through the HTTPS proxy the environment names for the control
+//! plane's host, if any ([`crate::proxy`]), with TLS end to end inside the tunnel.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,8 +16,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::proxy::{self, ProxyError, ProxySettings};
 
 /// Largest response body we read (the region map and key set are a few KiB).
 const MAX_RESPONSE: usize = 4 * 1024 * 1024;
@@ -29,6 +32,13 @@ pub enum ControlError {
     BadUrl(String),
     #[error("cannot reach the control plane at {url}: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The proxy on the way to the control plane failed or refused the tunnel.
+    #[error("cannot reach the control plane at {url}: {source}")]
+    Proxy {
+        url: String,
+        #[source]
+        source: ProxyError,
+    },
     #[error("control plane at {url} did not answer within {REQUEST_TIMEOUT:?}")]
     Timeout { url: String },
     /// The control plane answered with a typed error.
@@ -43,11 +53,15 @@ pub enum ControlError {
 }
 
 impl ControlError {
-    /// Whether the control plane could not be reached at all (as opposed to refusing).
+    /// Whether the control plane could not be reached at all (as opposed to refusing);
+    /// a proxy that failed or refused the tunnel counts, since the control plane never
+    /// heard the request.
     pub fn is_unreachable(&self) -> bool {
         matches!(
             self,
-            ControlError::Unreachable { .. } | ControlError::Timeout { .. }
+            ControlError::Unreachable { .. }
+                | ControlError::Timeout { .. }
+                | ControlError::Proxy { .. }
         )
     }
 }
@@ -59,10 +73,12 @@ pub struct ControlClient {
     host: String,
     port: u16,
     tls: TlsConnector,
+    proxy: Arc<ProxySettings>,
 }
 
 impl ControlClient {
-    /// `url` is `https://host:port`; `ca_pem` is the CA the control plane's cert chains to.
+    /// `url` is `https://host:port`; `ca_pem` is the CA the control plane's cert chains
+    /// to. The proxy settings are read from the environment ([`ProxySettings::from_env`]).
     pub fn new(url: &str, ca_pem: &str) -> Result<Self, ControlError> {
         let bad = || ControlError::BadUrl(url.to_string());
         let rest = url.strip_prefix("https://").ok_or_else(bad)?;
@@ -85,7 +101,14 @@ impl ControlClient {
             host,
             port,
             tls: TlsConnector::from(Arc::new(tls)),
+            proxy: Arc::new(ProxySettings::from_env()),
         })
+    }
+
+    /// The same client with other proxy settings (instead of the environment's).
+    pub fn with_proxy(mut self, proxy: ProxySettings) -> Self {
+        self.proxy = Arc::new(proxy);
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -159,9 +182,15 @@ impl ControlClient {
             url: self.url.clone(),
             reason,
         };
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
+        let (tcp, _via) = proxy::tcp_connect(&self.proxy, &self.host, self.port, &[])
             .await
-            .map_err(|e| unreachable(e.to_string()))?;
+            .map_err(|e| match e {
+                ProxyError::Direct { reason, .. } => unreachable(reason),
+                source => ControlError::Proxy {
+                    url: self.url.clone(),
+                    source,
+                },
+            })?;
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| ControlError::BadUrl(self.url.clone()))?;
         let tls = self

@@ -3,7 +3,8 @@
 //! when QUIC gets no answer, e.g. where UDP is blocked.
 //!
 //! A QUIC probe costs the relay one handshake and nothing else: the probe closes the
-//! connection before saying hello. The probe reports which method answered.
+//! connection before saying hello. The probe reports which method answered. A relay
+//! advertised by name is resolved first (not timed), and its addresses raced.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -44,6 +45,12 @@ impl std::fmt::Display for ProbeMethod {
 pub enum ProbeError {
     #[error("relay {relay} has a bad address `{addr}`")]
     BadAddress { relay: String, addr: String },
+    #[error("relay {relay}: {source}")]
+    Resolve {
+        relay: String,
+        #[source]
+        source: crate::resolve::ResolveError,
+    },
     #[error("no answer from relay {relay} within {timeout:?} over QUIC{https}")]
     NoAnswer {
         relay: String,
@@ -62,11 +69,13 @@ pub struct Prober {
     https: TlsConnector,
     local_ip: Option<IpAddr>,
     timeout: Duration,
+    resolver: crate::resolve::Resolver,
 }
 
 impl Prober {
     /// A prober trusting `ca_pem`, sending from `local_ip` when given; a probe that gets
-    /// no answer within `timeout` (per method) counts as lost.
+    /// no answer within `timeout` (per method) counts as lost. Relay names are resolved
+    /// as [`crate::resolve::Resolver::from_env`] says.
     pub fn new(
         ca_pem: &str,
         local_ip: Option<IpAddr>,
@@ -92,7 +101,13 @@ impl Prober {
                 Err(_) => client_endpoint_from(None, v4, quic_tls, &limits)?,
             },
         };
+        let resolver =
+            crate::resolve::Resolver::from_env().map_err(|source| ProbeError::Resolve {
+                relay: "(any)".into(),
+                source,
+            })?;
         Ok(Prober {
+            resolver,
             endpoint,
             https: TlsConnector::from(Arc::new(https_tls)),
             local_ip,
@@ -100,20 +115,47 @@ impl Prober {
         })
     }
 
+    /// The same prober resolving relay names with `resolver`.
+    pub fn with_resolver(mut self, resolver: crate::resolve::Resolver) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
     /// One probe of `relay`: QUIC first, then HTTPS when the relay has an HTTPS origin.
     pub async fn probe(&self, relay: &RelayInfo) -> Result<(Duration, ProbeMethod), ProbeError> {
-        let addr: SocketAddr = relay
-            .quic_addr
-            .parse()
-            .map_err(|_| ProbeError::BadAddress {
+        let addr = ferry_proto::RelayAddr::parse(&relay.quic_addr).map_err(|_| {
+            ProbeError::BadAddress {
                 relay: relay.name.clone(),
                 addr: relay.quic_addr.clone(),
-            })?;
-        let quic = tokio::time::timeout(self.timeout, self.quic(addr, &relay.server_name)).await;
+            }
+        })?;
+        let addrs =
+            self.resolver
+                .resolve_addr(&addr)
+                .await
+                .map_err(|source| ProbeError::Resolve {
+                    relay: relay.name.clone(),
+                    source,
+                })?;
+        let quic = tokio::time::timeout(
+            self.timeout,
+            crate::race::race(addrs, crate::race::CONNECTION_ATTEMPT_DELAY, |addr| {
+                self.quic(addr, &relay.server_name)
+            }),
+        )
+        .await;
         let quic_error = match quic {
-            Ok(Ok(rtt)) => return Ok((rtt, ProbeMethod::Quic)),
-            Ok(Err(e)) => e,
-            Err(_) => "timed out".to_string(),
+            Ok(Ok((_, rtt))) => return Ok((rtt, ProbeMethod::Quic)),
+            Ok(Err(errors)) => errors
+                .into_iter()
+                .map(|(addr, e)| format!("{addr}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Err(_) => {
+                // The relay may have moved to new addresses.
+                self.resolver.forget(&relay.quic_addr);
+                "timed out".to_string()
+            }
         };
         tracing::debug!(relay = %relay.name, error = %quic_error, "QUIC probe failed");
         let mut https = String::new();

@@ -52,6 +52,42 @@ async fn a_quic_probe_measures_a_handshake() {
     ));
 }
 
+#[tokio::test]
+async fn a_relay_advertised_by_name_is_resolved_and_its_live_address_probed() {
+    let (ca, leaf) = ca_and_leaf();
+    let tls = ferry_certs::server_config(&leaf, &[ferry_proto::alpn::CLIENT]).unwrap();
+    let socket = crate::quic::udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+    let server =
+        crate::quic::server_endpoint(socket, tls, &Limits::default(), b"probe test").unwrap();
+    let port = server.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        let conn = server.accept().await.unwrap().await.unwrap();
+        conn.closed().await;
+        server
+    });
+    let dns = crate::test_dns::TestDns::start(60).await.unwrap();
+    // ::1 first (IPv6 is raced first), where nothing listens on the port.
+    dns.set(
+        "relay.ferry.test",
+        vec!["::1".parse().unwrap(), "127.0.0.1".parse().unwrap()],
+    );
+    let prober = Prober::new(ca.cert_pem(), None, Duration::from_secs(5))
+        .unwrap()
+        .with_resolver(crate::resolve::Resolver::with_servers(&[dns.addr()]).unwrap());
+    let mut info = relay("127.0.0.1:1".parse().unwrap(), None);
+    info.quic_addr = format!("relay.ferry.test:{port}");
+    let (_, method) = prober.probe(&info).await.unwrap();
+    assert_eq!(method, ProbeMethod::Quic);
+    accept.await.unwrap();
+
+    info.quic_addr = format!("nothing.ferry.test:{port}");
+    let err = prober.probe(&info).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "relay eu-1: relay name `nothing.ferry.test` has no A or AAAA record"
+    );
+}
+
 /// A minimal HTTPS server answering every request on a connection with 200.
 async fn https_ping_server(leaf: &ferry_certs::IssuedCert) -> SocketAddr {
     let tls = ferry_certs::server_config(leaf, &[b"http/1.1"]).unwrap();
