@@ -9,7 +9,6 @@
 //! region map comes from the control plane and is cached in a file beside the config,
 //! so that known relays stay reachable while the control plane is down.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -644,6 +643,7 @@ pub fn parse_target(s: &str) -> Result<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use ferry_transport::test_peer::FreezablePeer;
 
     fn relay_at(name: &str, addr: SocketAddr) -> RelayInfo {

@@ -21,7 +21,10 @@ use ferry_proto::ErrorCode;
 use tokio::net::TcpStream;
 
 use crate::dial::{self, DialError, Session};
+use crate::proxy::ProxySettings;
 use crate::quic::{EndpointError, Limits};
+use crate::race::{race, CONNECTION_ATTEMPT_DELAY};
+use crate::resolve::{ResolveError, Resolver};
 use crate::tunnel::{self, TunnelKind};
 
 /// How long QUIC runs alone before the tunnel is tried too: long enough for a QUIC
@@ -135,6 +138,16 @@ impl ReachError {
     }
 }
 
+/// Why a [`Connector`] could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectorError {
+    #[error(transparent)]
+    Cert(#[from] ferry_certs::CertError),
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+}
+
 /// A refusal is an answer: the relay is reachable, and another transport would be
 /// refused the same way.
 fn is_answer(e: &DialError) -> bool {
@@ -220,6 +233,16 @@ struct TunnelTarget {
     tls_name: String,
 }
 
+impl TunnelTarget {
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
 fn tunnel_target(relay: &RelayInfo) -> Option<TunnelTarget> {
     if let Some(url) = &relay.https_url {
         let rest = url.strip_prefix("https://")?;
@@ -257,6 +280,10 @@ pub struct Connector {
     tunnel_tls: Arc<rustls::ClientConfig>,
     limits: Limits,
     local_ip: Option<IpAddr>,
+    /// Relays advertised by name are resolved here (A and AAAA, TTLs honoured).
+    resolver: Resolver,
+    /// `HTTPS_PROXY` and friends, for the tunnel.
+    proxies: ProxySettings,
     /// One UDP endpoint per address family, shared by all QUIC connections.
     udp: Mutex<HashMap<bool, quinn::Endpoint>>,
     memory: TransportMemory,
@@ -266,7 +293,8 @@ pub struct Connector {
 
 impl Connector {
     /// `quic_tls` carries the ALPN of the role (agent or client); tunnels use ferry's
-    /// CA from `ca_pem`.
+    /// CA from `ca_pem`. DNS (`FERRY_DNS_SERVER`) and proxies (`HTTPS_PROXY`,
+    /// `NO_PROXY`, ...) come from the environment.
     pub fn new(
         mode: TransportMode,
         ca_pem: &str,
@@ -274,13 +302,15 @@ impl Connector {
         limits: Limits,
         local_ip: Option<IpAddr>,
         memory: TransportMemory,
-    ) -> Result<Connector, ferry_certs::CertError> {
+    ) -> Result<Connector, ConnectorError> {
         Ok(Connector {
             mode,
             quic_tls,
             tunnel_tls: tunnel::dial::tls_config(ca_pem)?,
             limits,
             local_ip,
+            resolver: Resolver::from_env()?,
+            proxies: ProxySettings::from_env(),
             udp: Mutex::new(HashMap::new()),
             memory,
             attempt_timeout: dial::HANDSHAKE_TIMEOUT + dial::REPLY_TIMEOUT,
@@ -323,19 +353,18 @@ impl Connector {
         Ok(ep)
     }
 
-    fn quic_addr(relay: &RelayInfo) -> Result<SocketAddr, String> {
-        relay
-            .quic_addr
-            .parse()
-            .map_err(|_| format!("relay {} has a bad address {}", relay.name, relay.quic_addr))
-    }
-
     /// Whether `relay` completes a handshake (QUIC, or TLS on its HTTPS port, as the
     /// mode allows) within `within`: a cheap sign of life, without a hello.
     pub async fn answers(&self, relay: &RelayInfo, within: Duration) -> bool {
         let quic = async {
             if self.mode != TransportMode::Tcp {
-                if let Ok(addr) = relay.quic_addr.parse::<SocketAddr>() {
+                let first = self
+                    .resolver
+                    .resolve(&relay.quic_addr)
+                    .await
+                    .ok()
+                    .and_then(|a| a.first().copied());
+                if let Some(addr) = first {
                     let connecting = self
                         .udp_endpoint(addr)
                         .ok()
@@ -355,10 +384,7 @@ impl Connector {
             if self.mode != TransportMode::Quic {
                 if let Some(target) = tunnel_target(relay) {
                     let name = rustls_pki_types::ServerName::try_from(target.tls_name.clone());
-                    if let (Ok(tcp), Ok(name)) = (
-                        TcpStream::connect((target.host.as_str(), target.port)).await,
-                        name,
-                    ) {
+                    if let (Ok(tcp), Ok(name)) = (self.tcp_to(&target).await, name) {
                         let tls = tokio_rustls::TlsConnector::from(self.tunnel_tls.clone());
                         if tls.connect(name, tcp).await.is_ok() {
                             return true;
@@ -385,19 +411,83 @@ impl Connector {
         relay: &RelayInfo,
         token: &str,
     ) -> Result<Reached, ReachError> {
-        let addr = Self::quic_addr(relay).map_err(|e| ReachError::Unreachable {
-            quic: Some(e),
-            tcp: None,
-        })?;
-        self.dial_quic(relay, addr, token)
+        let addrs =
+            self.resolver
+                .resolve(&relay.quic_addr)
+                .await
+                .map_err(|e| ReachError::Unreachable {
+                    quic: Some(e.to_string()),
+                    tcp: None,
+                })?;
+        self.race_quic(relay, addrs, token)
             .await
             .map_err(|e| match e {
-                e if is_answer(&e) => ReachError::Refused(e),
-                e => ReachError::Unreachable {
-                    quic: Some(e.to_string()),
+                Err(answer) => ReachError::Refused(answer),
+                Ok(why) => ReachError::Unreachable {
+                    quic: Some(why),
                     tcp: None,
                 },
             })
+    }
+
+    /// QUIC to each of a relay's addresses, staggered (RFC 8305); the first session
+    /// wins. `Err(Err(_))`: the relay answered with a refusal; `Err(Ok(why))`: no
+    /// address answered (the name is then looked up afresh next time).
+    async fn race_quic(
+        &self,
+        relay: &RelayInfo,
+        addrs: Vec<SocketAddr>,
+        token: &str,
+    ) -> Result<Reached, Result<String, DialError>> {
+        match race(addrs, CONNECTION_ATTEMPT_DELAY, |addr| {
+            self.dial_quic(relay, addr, token)
+        })
+        .await
+        {
+            Ok((_, reached)) => Ok(reached),
+            Err(mut errors) => {
+                self.resolver.forget(&relay.quic_addr);
+                if let Some(i) = errors.iter().position(|(_, e)| is_answer(e)) {
+                    return Err(Err(errors.swap_remove(i).1));
+                }
+                let why: Vec<String> = errors.iter().map(|(a, e)| format!("{a}: {e}")).collect();
+                Err(Ok(why.join("; ")))
+            }
+        }
+    }
+
+    /// TCP to where a relay's tunnel is reached: through the proxy the environment
+    /// names for it, else to its resolved addresses (raced).
+    async fn tcp_to(&self, target: &TunnelTarget) -> Result<TcpStream, String> {
+        Ok(self.tcp_via(target).await?.0)
+    }
+
+    /// [`Connector::tcp_to`], saying which proxy (if any) the stream goes through.
+    async fn tcp_via(
+        &self,
+        target: &TunnelTarget,
+    ) -> Result<(TcpStream, Option<crate::proxy::ProxyUrl>), String> {
+        let authority = target.authority();
+        let addrs = if self.proxies.proxy_for(&target.host, target.port).is_some() {
+            Vec::new()
+        } else {
+            self.resolver
+                .resolve(&authority)
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        tokio::time::timeout(
+            dial::HANDSHAKE_TIMEOUT,
+            crate::proxy::tcp_connect(&self.proxies, &target.host, target.port, &addrs),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "no TCP connection to {authority} within {:?}",
+                dial::HANDSHAKE_TIMEOUT
+            )
+        })?
+        .map_err(|e| e.to_string())
     }
 
     async fn dial_quic(
@@ -420,23 +510,8 @@ impl Connector {
     pub async fn connect_tcp(&self, relay: &RelayInfo, token: &str) -> Result<Reached, String> {
         let target = tunnel_target(relay)
             .ok_or_else(|| format!("relay {} has no usable HTTPS address", relay.name))?;
-        let authority = if target.host.contains(':') {
-            format!("[{}]:{}", target.host, target.port)
-        } else {
-            format!("{}:{}", target.host, target.port)
-        };
-        let tcp = tokio::time::timeout(
-            dial::HANDSHAKE_TIMEOUT,
-            TcpStream::connect((target.host.as_str(), target.port)),
-        )
-        .await
-        .map_err(|_| {
-            format!(
-                "no TCP connection to {authority} within {:?}",
-                dial::HANDSHAKE_TIMEOUT
-            )
-        })?
-        .map_err(|e| format!("TCP to {authority}: {e}"))?;
+        let authority = target.authority();
+        let (tcp, proxy) = self.tcp_via(&target).await?;
         let tunnel = tunnel::open(
             tcp,
             &target.tls_name,
@@ -454,18 +529,15 @@ impl Connector {
             session,
             endpoint: tunnel.endpoint,
             transport: tunnel.kind.into(),
-            why: String::new(),
+            why: proxy
+                .map(|p| format!(" through proxy {}", p.authority()))
+                .unwrap_or_default(),
         })
     }
 
     /// Connects to `relay` over the transport the mode allows and the network lets
     /// through (see the module documentation).
     pub async fn connect(&self, relay: &RelayInfo, token: &str) -> Result<Reached, ReachError> {
-        let addr = Self::quic_addr(relay);
-        let network = addr
-            .as_ref()
-            .map(|a| network_key(*a, false))
-            .unwrap_or_default();
         match self.mode {
             TransportMode::Quic => {
                 let mut reached = self.connect_quic(relay, token).await?;
@@ -479,32 +551,38 @@ impl Connector {
                         tcp: Some(tcp),
                     }
                 })?;
-                reached.why = "--transport tcp".into();
+                reached.why = format!("--transport tcp{}", reached.why);
                 return Ok(reached);
             }
             TransportMode::Auto => {}
         }
+        // Resolved once for both (a proxy resolves the tunnel's name on its side).
+        let addrs = self
+            .resolver
+            .resolve(&relay.quic_addr)
+            .await
+            .map_err(|e| e.to_string());
+        let proxied =
+            tunnel_target(relay).is_some_and(|t| self.proxies.proxy_for(&t.host, t.port).is_some());
+        let network = match addrs.as_ref().ok().and_then(|a| a.first()) {
+            Some(a) => network_key(*a, proxied),
+            None => format!("unresolved{}", if proxied { " via proxy" } else { "" }),
+        };
         let remembered_tcp = matches!(
             self.memory.get(&network),
             Some(Transport::Tcp | Transport::WebSocket)
         );
         let quic = async {
-            match &addr {
-                Ok(a) => self.dial_quic(relay, *a, token).await.map_err(|e| {
-                    if is_answer(&e) {
-                        Err(e)
-                    } else {
-                        Ok(e.to_string())
-                    }
-                }),
+            match &addrs {
+                Ok(a) => self.race_quic(relay, a.clone(), token).await,
                 Err(e) => Err(Ok(e.clone())),
             }
         };
         let tcp = async { self.connect_tcp(relay, token).await };
         let refused = async {
-            match &addr {
-                Ok(a) => udp_refused(self.local_ip, *a).await,
-                Err(_) => std::future::pending().await,
+            match addrs.as_ref().ok().and_then(|a| a.first()) {
+                Some(a) => udp_refused(self.local_ip, *a).await,
+                None => std::future::pending().await,
             }
         };
         tokio::pin!(quic, tcp, refused);
@@ -534,11 +612,13 @@ impl Connector {
                 },
                 r = &mut tcp, if tcp_started && tcp_failed.is_none() => match r {
                     Ok(mut reached) => {
+                        let through = std::mem::take(&mut reached.why);
                         reached.why = match (&quic_failed, remembered_tcp) {
                             (Some(e), _) => format!("QUIC failed: {e}"),
                             (None, true) => "QUIC failed on this network before; the tunnel answered first".into(),
                             (None, false) => format!("no QUIC answer within {}ms (UDP blocked?)", HEAD_START.as_millis()),
                         };
+                        reached.why.push_str(&through);
                         break Ok(reached);
                     }
                     Err(e) => {
