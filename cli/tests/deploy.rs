@@ -641,6 +641,7 @@ async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
         control: serving,
         relays: Vec::new(),
         agents: Vec::new(),
+        relay_env: Vec::new(),
         dir,
     };
     let root = net.dir.0.clone();

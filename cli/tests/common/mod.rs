@@ -164,6 +164,8 @@ pub struct Network {
     pub control: Child,
     pub relays: Vec<Relay>,
     pub agents: Vec<Child>,
+    /// Extra environment for the relays started from now on (e.g. `FERRY_DNS_SERVER`).
+    pub relay_env: Vec<(String, String)>,
 }
 
 impl Network {
@@ -182,6 +184,7 @@ impl Network {
             control,
             relays: Vec::new(),
             agents: Vec::new(),
+            relay_env: Vec::new(),
         })
     }
 
@@ -292,12 +295,9 @@ impl Network {
             TEST_RELAY_REFRESH_MS,
         ];
         args.extend_from_slice(extra);
-        let child = spawn_ferry_appending(
-            &self.dir.0,
-            &log_name,
-            &args,
-            &[("FERRY_RELAY_TOKEN", token)],
-        );
+        let mut envs = vec![("FERRY_RELAY_TOKEN", token)];
+        envs.extend(self.relay_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn_ferry_appending(&self.dir.0, &log_name, &args, &envs);
         let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
         let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
         let admin: SocketAddr = info["admin_addr"].as_str().context("admin")?.parse()?;
