@@ -221,7 +221,7 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
             // advertised port then serves both, through the emulated link.
             let (quic, https) = emulator.twin_fronts(&region, [127, 0, 0, 1].into()).await?;
             config.listen = (ip, 0).into();
-            config.advertise = Some(quic.local_addr());
+            config.advertise = Some(quic.local_addr().into());
             fronts = vec![quic, https];
         }
         let relay = Relay::start(config, cancel.clone())

@@ -159,9 +159,10 @@ pub struct RelayArgs {
     /// UDP address for QUIC
     #[arg(long, env = "FERRY_LISTEN", default_value = "127.0.0.1:4433")]
     pub listen: SocketAddr,
-    /// Address announced to agents and clients [default: the bound address]
+    /// Address announced to agents, clients and other relays: IP:PORT, [IPv6]:PORT, or
+    /// NAME:PORT with a DNS name they resolve (A and AAAA) [default: the bound address]
     #[arg(long, env = "FERRY_ADVERTISE")]
-    pub advertise: Option<SocketAddr>,
+    pub advertise: Option<ferry_proto::RelayAddr>,
     /// Names for the relay's certificate (repeatable, or comma-separated in the
     /// variable; the first is its TLS name)
     #[arg(long = "cert-name", env = "FERRY_CERT_NAMES", value_delimiter = ',', default_values = ["localhost", "127.0.0.1"])]

@@ -642,6 +642,7 @@ async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
         relays: Vec::new(),
         agents: Vec::new(),
         client_uid: None,
+        relay_env: Vec::new(),
         dir,
     };
     let root = net.dir.0.clone();

@@ -520,3 +520,93 @@ async fn the_mesh_keeps_routing_while_the_control_plane_is_down() -> anyhow::Res
     );
     Ok(())
 }
+
+/// A loopback port free for both UDP and TCP (a relay binds both with one number),
+/// released for the relay to take.
+fn free_relay_port(ip: &str) -> anyhow::Result<u16> {
+    for _ in 0..20 {
+        let udp = std::net::UdpSocket::bind((ip, 0))?;
+        let port = udp.local_addr()?.port();
+        if std::net::TcpListener::bind((ip, port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no free port on {ip}")
+}
+
+/// Starts two eu relays on `listen_ip`, each advertised as `NAME.ferry.test:PORT`
+/// with `records` (on the relay's port) in a DNS server the test runs, and waits until
+/// each has dialed its mesh link to the other.
+async fn relays_by_name_link_up(
+    test: &str,
+    listen_ip: &str,
+    records: &[&str],
+) -> anyhow::Result<()> {
+    let dns = ferry_transport::test_dns::TestDns::start(60).await?;
+    let mut net = Network::start(test).await?;
+    net.relay_env
+        .push(("FERRY_DNS_SERVER".into(), dns.addr().to_string()));
+    for relay in ["eu-1", "eu-2"] {
+        let port = free_relay_port(listen_ip)?;
+        let name = format!("{relay}.ferry.test");
+        let ips = records
+            .iter()
+            .map(|ip| ip.parse())
+            .collect::<Result<Vec<_>, _>>()?;
+        dns.set(&name, ips);
+        let listen = std::net::SocketAddr::new(listen_ip.parse()?, port).to_string();
+        let advertise = format!("{name}:{port}");
+        net.start_relay_with(relay, "eu", &listen, &["--advertise", &advertise])
+            .await?;
+    }
+    // The control plane publishes the names; each relay resolves the other's.
+    let user = net.mint(TokenKind::User, "dev", None).await?;
+    let map: ferry_proto::api::RegionsResponse = net
+        .control_client()
+        .get("/api/v1/regions", Some(&user))
+        .await?;
+    let published: Vec<&str> = map.regions[0]
+        .relays
+        .iter()
+        .map(|r| r.quic_addr.as_str())
+        .collect();
+    anyhow::ensure!(
+        published.iter().all(|a| a.contains(".ferry.test:")),
+        "published {published:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut up = Vec::new();
+        for relay in ["eu-1", "eu-2"] {
+            let scrape = scrape(net.relay(relay).admin).await?;
+            if scrape.sum("ferry_relay_mesh_links", &[("relay", relay)]) >= 1.0 {
+                up.push(relay);
+            }
+        }
+        if up.len() == 2 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "mesh links dialed by name: only {up:?} after 15 s\n{}\n{}",
+            log_of(&net, "eu-1"),
+            log_of(&net, "eu-2")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::ensure!(dns.queries() >= 2, "the relays never asked the DNS");
+    Ok(())
+}
+
+/// A relay advertised by a name with two addresses, the first raced (IPv6) dead for
+/// it: the mesh links up through the live one.
+#[tokio::test]
+async fn relays_advertised_by_name_link_up_through_the_live_address() -> anyhow::Result<()> {
+    relays_by_name_link_up("mesh-by-name", "127.0.0.1", &["::1", "127.0.0.1"]).await
+}
+
+/// The same over IPv6 loopback end to end.
+#[tokio::test]
+async fn relays_advertised_by_name_link_up_over_ipv6_loopback() -> anyhow::Result<()> {
+    relays_by_name_link_up("mesh-by-name-v6", "::1", &["::1"]).await
+}

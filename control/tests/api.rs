@@ -504,6 +504,14 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
             ..reg.clone()
         },
         RegisterRelayRequest {
+            quic_addr: "relay.example.com:0".into(),
+            ..reg.clone()
+        },
+        RegisterRelayRequest {
+            quic_addr: "relay example.com:4433".into(),
+            ..reg.clone()
+        },
+        RegisterRelayRequest {
             names: vec![],
             ..reg.clone()
         },
@@ -536,6 +544,26 @@ async fn relays_enroll_heartbeat_report_agents_and_show_their_health() {
     let map: RegionsResponse = p.client.get("/api/v1/regions", Some(&alice)).await.unwrap();
     assert_eq!(map.regions.len(), 1);
     assert_eq!(map.regions[0].relays[0].health, Some(RelayHealth::Ok));
+    // A relay may advertise a DNS name: published as registered, in canonical form.
+    let named = RegisterRelayRequest {
+        quic_addr: "Relay-1.EU.Example.com.:4433".into(),
+        ..reg.clone()
+    };
+    let _: RegisterRelayResponse = p
+        .client
+        .post("/api/v1/relays/register", Some(&relay), &named)
+        .await
+        .unwrap();
+    let map: RegionsResponse = p.client.get("/api/v1/regions", Some(&alice)).await.unwrap();
+    assert_eq!(
+        map.regions[0].relays[0].quic_addr,
+        "relay-1.eu.example.com:4433"
+    );
+    let _: RegisterRelayResponse = p
+        .client
+        .post("/api/v1/relays/register", Some(&relay), &reg)
+        .await
+        .unwrap();
     assert_eq!(
         code(
             p.client

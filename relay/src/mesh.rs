@@ -8,6 +8,10 @@
 //! fail over to the next relay at once instead of each waiting for a handshake.
 //! Incoming links are served by [`serve_mesh`]: every stream on them is routed like a
 //! client's, with the hop count the sender set.
+//!
+//! A peer advertised by name (`relay-2.eu.example.com:4433`) is resolved on each dial
+//! (answers are cached for their TTL, and forgotten when the dial fails), and its
+//! addresses are raced, IPv6 first ([`ferry_transport::race`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,6 +22,8 @@ use ferry_proto::api::RelayInfo;
 use ferry_proto::token::TokenKind;
 use ferry_proto::ErrorCode;
 use ferry_transport::dial::{self, DialError};
+use ferry_transport::race::{race, CONNECTION_ATTEMPT_DELAY};
+use ferry_transport::{ResolveError, Resolver};
 use quinn::Connection;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -39,6 +45,12 @@ const MESH_DIAL_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum MeshError {
     #[error("relay {peer} has a bad address `{addr}`")]
     BadAddress { peer: String, addr: String },
+    #[error("relay {peer}: {source}")]
+    Resolve {
+        peer: String,
+        #[source]
+        source: ResolveError,
+    },
     #[error("relay {peer} was unreachable moments ago")]
     Down { peer: String },
     #[error("relay {peer} did not complete the mesh handshake within {MESH_DIAL_TIMEOUT:?}")]
@@ -48,6 +60,13 @@ pub enum MeshError {
         peer: String,
         #[source]
         source: DialError,
+    },
+    /// The peer's name gave several addresses, and none answered.
+    #[error("mesh link to relay {peer} ({addr}): no address answered: {reasons}")]
+    DialAll {
+        peer: String,
+        addr: String,
+        reasons: String,
     },
 }
 
@@ -126,6 +145,7 @@ pub(crate) struct Mesh {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
     token: String,
+    resolver: Resolver,
     links: DashMap<String, Arc<PeerLink>>,
     /// Links peers dialed to us, by peer name (for metrics).
     accepted: DashMap<String, Connection>,
@@ -142,11 +162,17 @@ pub(crate) struct LinkSample {
 }
 
 impl Mesh {
-    pub fn new(endpoint: quinn::Endpoint, config: quinn::ClientConfig, token: String) -> Mesh {
+    pub fn new(
+        endpoint: quinn::Endpoint,
+        config: quinn::ClientConfig,
+        token: String,
+        resolver: Resolver,
+    ) -> Mesh {
         Mesh {
             endpoint,
             config,
             token,
+            resolver,
             links: DashMap::new(),
             accepted: DashMap::new(),
         }
@@ -175,8 +201,14 @@ impl Mesh {
                 return Ok(c);
             }
             if conn.is_none() {
-                let result =
-                    dial_peer(&self.endpoint, self.config.clone(), &self.token, peer).await;
+                let result = dial_peer(
+                    &self.endpoint,
+                    self.config.clone(),
+                    &self.token,
+                    &self.resolver,
+                    peer,
+                )
+                .await;
                 entry.record(&mut conn, &result);
                 return result;
             }
@@ -187,10 +219,11 @@ impl Mesh {
         }
         let redial = {
             let (entry, peer) = (entry.clone(), peer.clone());
-            let (endpoint, config, token) = (
+            let (endpoint, config, token, resolver) = (
                 self.endpoint.clone(),
                 self.config.clone(),
                 self.token.clone(),
+                self.resolver.clone(),
             );
             tokio::spawn(async move {
                 let mut conn = entry.conn.lock().await;
@@ -198,7 +231,7 @@ impl Mesh {
                     *entry.health() = Health::default();
                     return Ok(c);
                 }
-                let result = dial_peer(&endpoint, config, &token, &peer).await;
+                let result = dial_peer(&endpoint, config, &token, &resolver, &peer).await;
                 entry.record(&mut conn, &result);
                 result
             })
@@ -263,35 +296,76 @@ impl Mesh {
     }
 }
 
-/// One mesh handshake with `peer`, hello included, within [`MESH_DIAL_TIMEOUT`].
+/// One mesh handshake with `peer`, hello included, within [`MESH_DIAL_TIMEOUT`]
+/// (resolving its name, if it has one, and racing its addresses).
 async fn dial_peer(
     endpoint: &quinn::Endpoint,
     config: quinn::ClientConfig,
     token: &str,
+    resolver: &Resolver,
     peer: &RelayInfo,
 ) -> Result<Connection, MeshError> {
-    let addr: SocketAddr = peer.quic_addr.parse().map_err(|_| MeshError::BadAddress {
-        peer: peer.name.clone(),
-        addr: peer.quic_addr.clone(),
-    })?;
     let dialed = tokio::time::timeout(
         MESH_DIAL_TIMEOUT,
-        dial::connect_with(endpoint, config, addr, &peer.server_name, token),
+        dial_addresses(endpoint, config, token, resolver, peer),
     )
     .await;
-    match dialed {
-        Ok(Ok(session)) => {
+    let result = match dialed {
+        Ok(result) => result,
+        Err(_) => Err(MeshError::Timeout {
+            peer: peer.name.clone(),
+        }),
+    };
+    if result.is_err() {
+        // The peer may have moved: ask the DNS again next time.
+        resolver.forget(&peer.quic_addr);
+    }
+    result
+}
+
+async fn dial_addresses(
+    endpoint: &quinn::Endpoint,
+    config: quinn::ClientConfig,
+    token: &str,
+    resolver: &Resolver,
+    peer: &RelayInfo,
+) -> Result<Connection, MeshError> {
+    let addr =
+        ferry_proto::RelayAddr::parse(&peer.quic_addr).map_err(|_| MeshError::BadAddress {
+            peer: peer.name.clone(),
+            addr: peer.quic_addr.clone(),
+        })?;
+    let addrs: Vec<SocketAddr> =
+        resolver
+            .resolve_addr(&addr)
+            .await
+            .map_err(|source| MeshError::Resolve {
+                peer: peer.name.clone(),
+                source,
+            })?;
+    let raced = race(addrs, CONNECTION_ATTEMPT_DELAY, |a| {
+        dial::connect_with(endpoint, config.clone(), a, &peer.server_name, token)
+    })
+    .await;
+    match raced {
+        Ok((addr, session)) => {
             tracing::debug!(peer = %peer.name, %addr, "mesh link up");
             // The control stream stays open for the link's life; nothing uses it yet.
             drop(session.control);
             Ok(session.conn)
         }
-        Ok(Err(source)) => Err(MeshError::Dial {
+        Err(mut errors) if errors.len() == 1 => Err(MeshError::Dial {
             peer: peer.name.clone(),
-            source,
+            source: errors.remove(0).1,
         }),
-        Err(_) => Err(MeshError::Timeout {
+        Err(errors) => Err(MeshError::DialAll {
             peer: peer.name.clone(),
+            addr: peer.quic_addr.clone(),
+            reasons: errors
+                .iter()
+                .map(|(a, e)| format!("{a}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
         }),
     }
 }

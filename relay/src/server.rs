@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use ferry_proto::api::{RegisterRelayRequest, RegisterRelayResponse};
 use ferry_proto::token::{KeySet, TokenKind};
-use ferry_proto::{alpn, ErrorCode};
+use ferry_proto::{alpn, ErrorCode, RelayAddr, RelayHost};
 use ferry_transport::{ControlClient, ControlError, Limits};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -36,8 +36,9 @@ pub struct RelayConfig {
     pub region: String,
     /// UDP address the QUIC endpoint binds.
     pub listen: SocketAddr,
-    /// Address agents and clients are told to use; defaults to `listen`.
-    pub advertise: Option<SocketAddr>,
+    /// Address agents, clients and other relays are told to use (`IP:PORT`, or
+    /// `NAME:PORT` that they resolve themselves); defaults to `listen`.
+    pub advertise: Option<RelayAddr>,
     /// Names for the relay's certificate; the first is its TLS server name.
     pub names: Vec<String>,
     pub control_url: String,
@@ -123,6 +124,9 @@ pub enum RelayError {
     Cert(#[from] ferry_certs::CertError),
     #[error(transparent)]
     Endpoint(#[from] ferry_transport::quic::EndpointError),
+    /// The DNS configuration for resolving peer relays' names is unusable.
+    #[error(transparent)]
+    Dns(#[from] ferry_transport::ResolveError),
     #[error("binding the HTTPS port {addr} (TCP, the QUIC port's number): {source}")]
     Https {
         addr: SocketAddr,
@@ -192,12 +196,17 @@ impl Relay {
     /// Binds the UDP socket, registers with the control plane, and builds the endpoint.
     /// When `drain` fires, [`Relay::run`] drains and returns.
     pub async fn start(config: RelayConfig, drain: CancellationToken) -> Result<Relay, RelayError> {
+        // Peer relays may be advertised by name; a bad FERRY_DNS_SERVER fails here.
+        let resolver = ferry_transport::Resolver::from_env()?;
         let (socket, https_listener) = bind_ports(config.listen).await?;
         let bound = socket.local_addr().map_err(|source| RelayError::Bind {
             addr: config.listen,
             source,
         })?;
-        let advertise = config.advertise.unwrap_or(bound);
+        let advertise = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| RelayAddr::from(bound));
         let mut cert_names = config.names.clone();
         if let Some(domain) = &config.apps_domain {
             cert_names.push(format!("*.{domain}"));
@@ -205,12 +214,16 @@ impl Relay {
         let https_host = match config.names.first() {
             Some(name) if name.parse::<std::net::Ipv6Addr>().is_ok() => format!("[{name}]"),
             Some(name) => name.clone(),
-            None => advertise.ip().to_string(),
+            None => match &advertise.host {
+                RelayHost::Ip(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+                RelayHost::Ip(ip) => ip.to_string(),
+                RelayHost::Name(name) => name.clone(),
+            },
         };
         let https_url = config
             .https_url
             .clone()
-            .unwrap_or_else(|| format!("https://{https_host}:{}", advertise.port()));
+            .unwrap_or_else(|| format!("https://{https_host}:{}", advertise.port));
         let control = ControlClient::new(&config.control_url, &config.ca_pem)?;
         let cache_path = config
             .cache_dir
@@ -311,7 +324,12 @@ impl Relay {
                     .as_ref()
                     .map(|dir| dir.join(format!("view-{}.json", config.name))),
             ),
-            mesh: Mesh::new(endpoint.clone(), mesh_config, config.token.clone()),
+            mesh: Mesh::new(
+                endpoint.clone(),
+                mesh_config,
+                config.token.clone(),
+                resolver,
+            ),
             drain: Drain::default(),
             go_away_jitter_ms: u32::try_from(config.go_away_jitter.as_millis()).unwrap_or(u32::MAX),
             bytes_relayed: Default::default(),

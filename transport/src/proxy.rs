@@ -1,6 +1,6 @@
 //! HTTPS proxies for ferry's TCP connections (the TLS fallback to a relay, and the
 //! control plane's API): which proxy the environment names for a host, and a tunnel
-//! through it with HTTP `CONNECT` ([`connect`]).
+//! through it with HTTP `CONNECT` ([`connect_via`], [`tcp_connect`]).
 //!
 //! # The environment, read once by [`ProxySettings::from_env`]
 //! - The proxy: `https_proxy`, then `HTTPS_PROXY`, then `all_proxy`, then `ALL_PROXY`;
@@ -11,10 +11,11 @@
 //!   (`%40` for `@`, `%3A` for `:`). Only HTTP proxies are spoken to:
 //!   `https://` and `socks*://` ones give [`ProxyError::UnsupportedScheme`].
 //! - The exceptions: `no_proxy`, then `NO_PROXY`: entries separated by commas (or
-//!   spaces), each one of `*` (no proxy at all), a host name (`example.com` and
-//!   `.example.com` both match `example.com` and every name under it, as curl does), an
-//!   IP address, or a CIDR block (`10.0.0.0/8`, `fd00::/8`); any of them but `*` may
-//!   end in `:PORT` to match that port only (IPv6 in brackets then: `[::1]:443`).
+//!   spaces), each one of `*` (no proxy at all), a host name (`example.com`,
+//!   `.example.com` and `*.example.com` all match `example.com` and every name under
+//!   it, as curl does), an IP address, or a CIDR block (`10.0.0.0/8`, `fd00::/8`);
+//!   any of them but `*` may end in `:PORT` to match that port only (IPv6 in brackets
+//!   then: `[::1]:443`).
 //!   Names are matched as written, never resolved, and loopback is not special: a
 //!   proxy named for everything is used for 127.0.0.1 too unless `NO_PROXY` says not.
 

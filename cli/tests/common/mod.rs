@@ -184,6 +184,8 @@ pub struct Network {
     /// Agents and client commands run as this user when set ([`Network::sandbox_clients`]),
     /// so that firewall rules matching it cut them alone off from the relays.
     pub client_uid: Option<u32>,
+    /// Extra environment for the relays started from now on (e.g. `FERRY_DNS_SERVER`).
+    pub relay_env: Vec<(String, String)>,
 }
 
 impl Network {
@@ -203,6 +205,7 @@ impl Network {
             relays: Vec::new(),
             agents: Vec::new(),
             client_uid: None,
+            relay_env: Vec::new(),
         })
     }
 
@@ -337,12 +340,9 @@ impl Network {
             TEST_RELAY_REFRESH_MS,
         ];
         args.extend_from_slice(extra);
-        let child = spawn_ferry_appending(
-            &self.dir.0,
-            &log_name,
-            &args,
-            &[("FERRY_RELAY_TOKEN", token)],
-        );
+        let mut envs = vec![("FERRY_RELAY_TOKEN", token)];
+        envs.extend(self.relay_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let child = spawn_ferry_appending(&self.dir.0, &log_name, &args, &envs);
         let info = wait_for_json(&ready, Duration::from_secs(20)).await?;
         let addr: SocketAddr = info["addr"].as_str().context("addr")?.parse()?;
         let admin: SocketAddr = info["admin_addr"].as_str().context("admin")?.parse()?;

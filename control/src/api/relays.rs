@@ -101,12 +101,11 @@ pub(crate) async fn register_relay(
             "names: give 1 to 16 DNS names or IP addresses for the relay's certificate",
         ));
     }
-    if req.quic_addr.parse::<std::net::SocketAddr>().is_err() {
-        return Err(ApiError::bad_request(format!(
-            "quic_addr `{}` is not IP:PORT",
-            req.quic_addr
-        )));
-    }
+    // IP:PORT, or NAME:PORT that agents, clients and relays resolve themselves;
+    // published in the canonical form, so that equal addresses compare equal.
+    let quic_addr = ferry_proto::RelayAddr::parse(&req.quic_addr)
+        .map_err(|e| ApiError::bad_request(format!("quic_addr: {e}")))?
+        .to_string();
     if let Some(url) = &req.https_url {
         let authority = url.strip_prefix("https://").unwrap_or_default();
         if ferry_proto::app_host::split_authority(authority).is_none() {
@@ -132,7 +131,7 @@ pub(crate) async fn register_relay(
     let info = RelayInfo {
         name: claims.sub.clone(),
         region: req.region,
-        quic_addr: req.quic_addr,
+        quic_addr,
         server_name: req.names[0].clone(),
         health: None,
         // Assigned by the store on registration.
