@@ -11,6 +11,7 @@ pub mod gso;
 pub mod liveness;
 pub mod probe;
 pub mod quic;
+pub mod rate;
 pub mod splice;
 pub mod test_peer;
 
