@@ -160,6 +160,9 @@ async fn a_login_flood_is_turned_away_early_and_other_users_still_log_in() -> Re
     // the flood's 300 TLS connections). Without the gate the 100 checks in flight
     // would take 19 MiB each, about 1.9 GiB.
     let growth = rss_peak.saturating_sub(rss_before);
-    assert!(growth < 256 * 1024, "the control plane grew by {growth} KiB");
+    assert!(
+        growth < 256 * 1024,
+        "the control plane grew by {growth} KiB"
+    );
     Ok(())
 }

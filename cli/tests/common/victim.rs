@@ -213,14 +213,16 @@ impl Victim {
         };
         watch.rss_peak_kib = watch.rss_before_kib;
         let attack = tokio::spawn(attack);
-        let mut tick = 0u32;
+        // An app request at once, then about every second.
+        let mut app_due = Instant::now();
         while !attack.is_finished() {
             tokio::time::sleep(Duration::from_millis(100)).await;
             watch.rss_peak_kib = watch.rss_peak_kib.max(rss_kib(pid)?);
             let took = self.echo().await.context("echo during the attack")?;
             watch.echoes += 1;
             watch.slowest_echo = watch.slowest_echo.max(took);
-            if tick % 10 == 0 {
+            if Instant::now() >= app_due {
+                app_due = Instant::now() + Duration::from_secs(1);
                 let took = self
                     .app_request()
                     .await
@@ -228,7 +230,6 @@ impl Victim {
                 watch.app_requests += 1;
                 watch.slowest_app = watch.slowest_app.max(took);
             }
-            tick += 1;
         }
         let outcome = attack.await.context("the attack panicked")??;
         watch.rss_peak_kib = watch.rss_peak_kib.max(rss_kib(pid)?);
