@@ -199,6 +199,29 @@ pub struct RelayArgs {
     /// Agent and client connections held at once (mesh links not counted); more are refused with `overloaded`
     #[arg(long, env = "FERRY_MAX_CONNECTIONS", default_value_t = ferry_relay::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Streams one user may have open at once (over all its connections); more are refused with `rate_limited`
+    #[arg(long, env = "FERRY_MAX_STREAMS_PER_USER", default_value_t = ferry_relay::DEFAULT_MAX_STREAMS_PER_USER)]
+    pub max_streams_per_user: usize,
+    /// New QUIC handshakes accepted a second (bursts of as many); over it, peers are
+    /// sent a Retry or their hello is answered with `overloaded`
+    #[arg(long, env = "FERRY_HANDSHAKE_RATE", default_value_t = ferry_relay::DEFAULT_HANDSHAKE_RATE)]
+    pub handshake_rate: u32,
+    /// Connections in their handshake or before their hello, at most; past a quarter
+    /// of it peers must validate their address with a Retry
+    #[arg(long, env = "FERRY_MAX_PENDING", default_value_t = ferry_relay::DEFAULT_MAX_PENDING)]
+    pub max_pending: usize,
+    /// Connections one address (an IPv6 /64) may have in their handshake or before their hello
+    #[arg(long, env = "FERRY_MAX_PENDING_PER_ADDRESS", default_value_t = ferry_relay::DEFAULT_MAX_PENDING_PER_ADDRESS)]
+    pub max_pending_per_address: usize,
+    /// HTTPS connections held at once; more are closed at accept
+    #[arg(long, env = "FERRY_HTTPS_MAX_CONNECTIONS", default_value_t = ferry_relay::DEFAULT_MAX_HTTPS_CONNECTIONS)]
+    pub https_max_connections: usize,
+    /// HTTPS connections one address (an IPv6 /64) may hold at once
+    #[arg(long, env = "FERRY_HTTPS_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = ferry_relay::DEFAULT_MAX_HTTPS_CONNECTIONS_PER_ADDRESS)]
+    pub https_max_connections_per_address: usize,
+    /// Milliseconds a browser may take to send an HTTP/1.1 request head
+    #[arg(long, default_value_t = 30_000, hide = true)]
+    pub https_header_timeout_ms: u64,
     /// Seconds open streams may run after SIGTERM before they are cut
     #[arg(long, env = "FERRY_DRAIN_GRACE", default_value_t = 30)]
     pub drain_grace: u64,
@@ -246,6 +269,29 @@ pub async fn relay(args: RelayArgs, cancel: CancellationToken) -> Result<()> {
         bail!("--max-connections must be at least 1");
     }
     config.max_connections = args.max_connections;
+    if args.max_streams_per_user == 0 {
+        bail!("--max-streams-per-user must be at least 1");
+    }
+    config.max_streams_per_user = args.max_streams_per_user;
+    if args.handshake_rate == 0 || args.max_pending == 0 || args.max_pending_per_address == 0 {
+        bail!("--handshake-rate, --max-pending and --max-pending-per-address must be at least 1");
+    }
+    config.admission = ferry_relay::AdmissionConfig {
+        handshake_rate: args.handshake_rate,
+        handshake_burst: args.handshake_rate,
+        retry_above: (args.max_pending / 4).max(1),
+        max_pending: args.max_pending,
+        max_pending_per_address: args.max_pending_per_address,
+    };
+    if args.https_max_connections == 0 || args.https_max_connections_per_address == 0 {
+        bail!("--https-max-connections and --https-max-connections-per-address must be at least 1");
+    }
+    config.web_limits = ferry_relay::WebLimitsConfig {
+        max_connections: args.https_max_connections,
+        max_connections_per_address: args.https_max_connections_per_address,
+        header_timeout: Duration::from_millis(args.https_header_timeout_ms.max(100)),
+        ..Default::default()
+    };
     config.drain_grace = Duration::from_secs(args.drain_grace);
     config.refresh = Duration::from_millis(args.refresh_ms.max(50));
     config.report_every = Duration::from_millis(args.report_ms.max(100));

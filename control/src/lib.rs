@@ -9,6 +9,7 @@ mod api;
 pub mod dashboard;
 pub mod keyring;
 mod limiter;
+mod login_gate;
 pub mod measurements;
 mod metadata;
 mod metrics;

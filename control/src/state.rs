@@ -65,6 +65,8 @@ pub struct State {
     store: Store,
     keys: RwLock<Arc<Keyring>>,
     pub(crate) logins: LoginLimiter,
+    /// Password checks running and queued (argon2 is CPU-heavy by design).
+    pub(crate) login_gate: crate::login_gate::LoginGate,
     /// Bumped when this replica revokes a token or rotates keys, to answer relays'
     /// long polls at once (changes made by other replicas are seen by polling).
     changes: tokio::sync::watch::Sender<u64>,
@@ -174,6 +176,7 @@ impl State {
             store,
             keys: RwLock::new(Arc::new(ring)),
             logins: LoginLimiter::default(),
+            login_gate: Default::default(),
             changes: tokio::sync::watch::Sender::new(0),
             stopping: tokio_util::sync::CancellationToken::new(),
             load_marks: Default::default(),

@@ -31,6 +31,9 @@ pub enum ErrorCode {
     Internal,
     /// The peer speaks an incompatible protocol version.
     UnsupportedVersion,
+    /// This user has used up its share of a relay (streams open at once); slow down.
+    /// Not retryable elsewhere: the share is the same on every relay.
+    RateLimited,
     /// A code this build does not know.
     Other(u16),
 }
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::Draining => 10,
             ErrorCode::Internal => 11,
             ErrorCode::UnsupportedVersion => 12,
+            ErrorCode::RateLimited => 13,
             ErrorCode::Other(n) => n,
         }
     }
@@ -70,6 +74,7 @@ impl ErrorCode {
             10 => ErrorCode::Draining,
             11 => ErrorCode::Internal,
             12 => ErrorCode::UnsupportedVersion,
+            13 => ErrorCode::RateLimited,
             n => ErrorCode::Other(n),
         }
     }
@@ -89,6 +94,7 @@ impl ErrorCode {
             ErrorCode::Draining => "draining",
             ErrorCode::Internal => "internal",
             ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Other(_) => "other",
         }
     }

@@ -125,12 +125,15 @@ pub struct Sessions {
 
 impl Sessions {
     pub fn track(&self, jti: &str, conn: &quinn::Connection) {
-        self.by_jti
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(jti.to_string())
-            .or_default()
-            .push(conn.clone());
+        let mut map = self.by_jti.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = map.entry(jti.to_string()).or_default();
+        // A held handle keeps a closed connection's state alive: one token opening
+        // connections as fast as it can must not grow this until the next heartbeat.
+        // Pruned at each doubling: amortized constant time per connection.
+        if conns.len() >= 8 && conns.len().is_power_of_two() {
+            conns.retain(|c| c.close_reason().is_none());
+        }
+        conns.push(conn.clone());
     }
 
     /// Closes every connection whose token is in `revoked`, and forgets closed ones.

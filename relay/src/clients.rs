@@ -33,6 +33,8 @@ pub(crate) async fn accept_hello(
         conn.close(ErrorCode::Protocol.to_u16().into(), b"no hello");
         return None;
     };
+    // Heard from: it no longer counts against the handshake admission's limits.
+    shared.admission.hello_read(conn);
     let verdict = match hello {
         Ok(hello) => check_token(shared, conn, &hello.token, kind),
         Err(e) => Err(ErrorFrame::new(
@@ -72,9 +74,10 @@ async fn refuse_connection(
     conn.close(code.to_u16().into(), b"refused");
 }
 
-/// Refuses a connection over the relay's connection limit: its hello is answered with
-/// `overloaded` (the client tries another relay; an agent backs off).
-pub(crate) async fn refuse_overloaded(shared: &Shared, conn: &Connection) {
+/// Refuses a connection over one of the relay's limits (`message` says which): its
+/// hello is answered with `overloaded` (the client tries another relay; an agent
+/// backs off).
+pub(crate) async fn refuse_overloaded(shared: &Shared, conn: &Connection, message: String) {
     let first = tokio::time::timeout(HEADER_TIMEOUT, async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
         let _ = read_frame::<Hello>(&mut recv).await;
@@ -85,14 +88,7 @@ pub(crate) async fn refuse_overloaded(shared: &Shared, conn: &Connection) {
         conn.close(ErrorCode::Overloaded.to_u16().into(), b"overloaded");
         return;
     };
-    let frame = ErrorFrame::new(
-        ErrorCode::Overloaded,
-        format!(
-            "relay {} holds its limit of {} connections; try another relay",
-            shared.name,
-            shared.load.max_connections()
-        ),
-    );
+    let frame = ErrorFrame::new(ErrorCode::Overloaded, message);
     refuse_connection(shared, conn, send, frame).await
 }
 

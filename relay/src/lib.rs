@@ -10,6 +10,7 @@
 //! nothing outlives the relay.
 
 mod admin;
+mod admission;
 mod agents;
 pub mod cache;
 mod clients;
@@ -22,7 +23,15 @@ mod report;
 mod routing;
 mod server;
 mod trace;
+mod user_share;
 mod view;
 mod web;
 
+pub use admission::{
+    AdmissionConfig, DEFAULT_HANDSHAKE_RATE, DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_ADDRESS,
+};
 pub use server::{Relay, RelayConfig, RelayError, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_STREAMS};
+pub use user_share::DEFAULT_MAX_STREAMS_PER_USER;
+pub use web::limits::{
+    WebLimitsConfig, DEFAULT_MAX_HTTPS_CONNECTIONS, DEFAULT_MAX_HTTPS_CONNECTIONS_PER_ADDRESS,
+};

@@ -168,7 +168,7 @@ fn describe() {
     describe_counter!(
         REFUSALS,
         Unit::Count,
-        "Refused connections (scope=connection) and streams (scope=stream), by error code."
+        "Refused connections (scope=connection: at their hello) and streams (scope=stream), by error code; new QUIC connections turned away before their handshake (scope=handshake: reason address_limit, pending_limit, or retry: sent a stateless Retry for address validation); HTTPS connections refused (scope=https: reason address_limit, connection_limit)."
     );
     describe_gauge!(
         MESH_RTT,
@@ -310,6 +310,18 @@ impl RelayMetrics {
             Scope::Stream => "stream",
         };
         metrics::counter!(REFUSALS, "relay" => self.relay.clone(), "scope" => scope, "reason" => code.as_str())
+            .increment(1);
+    }
+
+    /// Counts a new QUIC connection turned away before its handshake.
+    pub fn turned_away(&self, why: crate::admission::TurnedAway) {
+        metrics::counter!(REFUSALS, "relay" => self.relay.clone(), "scope" => "handshake", "reason" => why.as_str())
+            .increment(1);
+    }
+
+    /// Counts an HTTPS connection closed at accept.
+    pub fn https_refused(&self, why: crate::web::limits::Refusal) {
+        metrics::counter!(REFUSALS, "relay" => self.relay.clone(), "scope" => "https", "reason" => why.as_str())
             .increment(1);
     }
 

@@ -41,12 +41,44 @@ pub(crate) async fn accept_streams(
             _ = stop.cancelled() => break,
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
             accepted = conn.accept_bi() => {
+                let origin = origin.clone();
                 let Ok((send, recv)) = accepted else { break };
-                streams.spawn(serve_stream(shared.clone(), origin.clone(), send, recv).in_current_span());
+                let shared = shared.clone();
+                match take_share(&shared, &origin) {
+                    Ok(slot) => streams.spawn(async move {
+                        let _slot = slot;
+                        serve_stream(shared, origin, send, recv).await
+                    }.in_current_span()),
+                    Err(frame) => streams.spawn(async move {
+                        refuse_counted(&shared, send, recv, frame).await
+                    }.in_current_span()),
+                };
             }
         }
     }
     streams.shutdown().await;
+}
+
+/// A slot in the user's share of this relay for a client's new stream ([`crate::user_share`]);
+/// streams from the mesh were counted by the relay the client reached.
+fn take_share(
+    shared: &Shared,
+    origin: &Origin,
+) -> Result<Option<crate::user_share::UserSlot>, ErrorFrame> {
+    let Origin::Client { user } = origin else {
+        return Ok(None);
+    };
+    match shared.user_share.try_stream(user) {
+        Some(slot) => Ok(Some(slot)),
+        None => Err(ErrorFrame::new(
+            ErrorCode::RateLimited,
+            format!(
+                "user `{user}` has {} streams open on relay {}, its share; close some before opening more",
+                shared.user_share.max_streams(),
+                shared.name
+            ),
+        )),
+    }
 }
 
 /// Where a stream came from.

@@ -58,6 +58,13 @@ pub struct RelayConfig {
     /// Agent and client connections held at once (mesh links are not counted); more
     /// are refused at their hello with `overloaded`.
     pub max_connections: usize,
+    /// Streams one user may have open at once over all its connections; more are
+    /// refused with `rate_limited`.
+    pub max_streams_per_user: usize,
+    /// Limits on new connections before their hello (rate, pending, per address).
+    pub admission: crate::admission::AdmissionConfig,
+    /// Limits of the HTTPS side (connections per address and in all, timeouts).
+    pub web_limits: crate::web::limits::WebLimitsConfig,
     /// How long open streams may run once draining starts.
     pub drain_grace: Duration,
     /// How often the region map and directory are refreshed and the heartbeat sent.
@@ -104,6 +111,9 @@ impl RelayConfig {
             https_url: None,
             max_streams: DEFAULT_MAX_STREAMS,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_streams_per_user: crate::user_share::DEFAULT_MAX_STREAMS_PER_USER,
+            admission: Default::default(),
+            web_limits: Default::default(),
         }
     }
 }
@@ -165,6 +175,8 @@ pub(crate) struct Shared {
     /// Agents and clients whose UDP is blocked reach the endpoint through tunnels on
     /// the HTTPS port ([`ferry_transport::tunnel`]).
     pub tunnels: ferry_transport::tunnel::Ingress,
+    pub admission: crate::admission::Admission,
+    pub user_share: crate::user_share::UserShare,
 }
 
 impl Shared {
@@ -340,6 +352,8 @@ impl Relay {
             ),
             load: crate::load::Load::new(config.max_streams, config.max_connections),
             tunnels,
+            admission: crate::admission::Admission::new(config.admission.clone()),
+            user_share: crate::user_share::UserShare::new(config.max_streams_per_user),
         });
         {
             let shared = shared.clone();
@@ -383,6 +397,7 @@ impl Relay {
             control_url: config.control_url.clone(),
             tasks: tokio_util::task::TaskTracker::new(),
             stop: stop.clone(),
+            limits: crate::web::limits::WebLimits::new(config.web_limits.clone()),
         });
         // The tunnel's ALPN first: rustls picks the first of ours that the client offers,
         // and a tunnel client offers http/1.1 too (for L7 proxies). Browsers never
@@ -450,19 +465,11 @@ impl Relay {
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 incoming = self.endpoint.accept() => {
                     let Some(incoming) = incoming else { break };
-                    let shared = self.shared.clone();
-                    let stop = self.stop.clone();
-                    connections.spawn(async move {
-                        let remote = incoming.remote_address();
-                        let started = std::time::Instant::now();
-                        match incoming.await {
-                            Ok(conn) => serve_connection(shared, conn, stop, started.elapsed()).await,
-                            Err(e) => {
-                                shared.metrics.handshake_failed();
-                                tracing::debug!(%remote, error = %e, "handshake failed");
-                            }
-                        }
-                    });
+                    // Accepted here, one at a time (see `admission`), served in a task.
+                    if let Some(admitted) = self.shared.admission.admit(&self.shared, incoming) {
+                        let serve = crate::admission::serve(self.shared.clone(), admitted, self.stop.clone());
+                        connections.spawn(serve);
+                    }
                 }
             }
         }
@@ -546,7 +553,7 @@ async fn drain(shared: &Arc<Shared>, signal: &CancellationToken, grace: Duration
 /// Streams any peer may open before its ALPN is known: the hello, and spare room.
 const HELLO_STREAMS: u32 = 4;
 
-async fn serve_connection(
+pub(crate) async fn serve_connection(
     shared: Arc<Shared>,
     conn: quinn::Connection,
     cancel: CancellationToken,
@@ -568,7 +575,14 @@ async fn serve_connection(
         Some(crate::metrics::Role::Agent | crate::metrics::Role::Client) => {
             match shared.load.try_connection() {
                 Some(slot) => Some(slot),
-                None => return crate::clients::refuse_overloaded(&shared, &conn).await,
+                None => {
+                    let message = format!(
+                        "relay {} holds its limit of {} connections; try another relay",
+                        shared.name,
+                        shared.load.max_connections()
+                    );
+                    return crate::clients::refuse_overloaded(&shared, &conn, message).await;
+                }
             }
         }
         _ => None,

@@ -14,6 +14,7 @@ pub mod probe;
 pub mod proxy;
 pub mod quic;
 pub mod race;
+pub mod rate;
 pub mod reach;
 pub mod resolve;
 pub mod splice;

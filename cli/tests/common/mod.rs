@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod victim;
 pub mod web;
 pub mod web_app;
 

@@ -18,6 +18,7 @@ use ferry_proto::token::TokenKind;
 
 use super::{authorize, body, default_ttl, token_info, ApiError, ApiResult, Peer};
 use crate::limiter;
+use crate::login_gate::{GateRefusal, LoginPass};
 use crate::state::{now, State};
 use crate::store::StoreError;
 
@@ -76,21 +77,28 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-/// Checks a password in constant time (argon2's comparison), off the async threads.
-async fn password_matches(hash: Option<String>, password: String) -> bool {
+/// Checks a password in constant time (argon2's comparison), on one of the login
+/// gate's hashing threads (`pass` is the login's turn there).
+async fn password_matches(
+    state: &State,
+    pass: &LoginPass,
+    hash: Option<String>,
+    password: String,
+) -> bool {
     let known = hash.is_some();
     let hash = hash.unwrap_or_else(|| dummy_hash().to_string());
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false);
+    let ok = pass
+        .check(&state.login_gate, move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    Argon2::default()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .unwrap_or(false);
     ok && known
 }
 
@@ -190,6 +198,18 @@ pub(crate) async fn login(
             ));
         }
     }
+    // Held until the password is checked: bounds the CPU a flood of logins takes.
+    let pass = state.login_gate.enter(&address_key).await.map_err(|refusal| {
+        tracing::warn!(limit_key = %address_key, %refusal, "login turned away before its check");
+        match refusal {
+            GateRefusal::AddressBusy => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", refusal.to_string())
+            }
+            GateRefusal::Overloaded => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", refusal.to_string())
+            }
+        }
+    })?;
     let user = if ferry_proto::label::validate_name(&req.user).is_ok()
         && req.password.len() <= MAX_PASSWORD
     {
@@ -198,7 +218,9 @@ pub(crate) async fn login(
         None
     };
     let hash = user.as_ref().and_then(|u| u.password_hash.clone());
-    if !password_matches(hash, req.password).await {
+    let matches = password_matches(&state, &pass, hash, req.password).await;
+    drop(pass);
+    if !matches {
         state.logins.record_failure(&account_key, t);
         state.logins.record_failure(&address_key, t);
         tracing::info!(user = %account_key, "login failed");

@@ -14,6 +14,7 @@
 //! the same token.
 
 mod auth;
+pub(crate) mod limits;
 mod pages;
 mod proxy;
 mod strict;
@@ -23,7 +24,6 @@ mod tunnel;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -31,7 +31,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -47,12 +47,6 @@ pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Every response body the relay sends: a page, or an app's streamed body.
 pub(crate) type Body = BoxBody<Bytes, BoxError>;
 
-/// How long a browser may take to send a request head (HTTP/1.1).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How long a browser may take for the TLS handshake.
-const TLS_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What the HTTPS side knows beyond [`Shared`].
 pub(crate) struct Web {
     /// Web apps are served under this domain; none: only `/.ferry/ping`.
@@ -64,6 +58,21 @@ pub(crate) struct Web {
     /// Tasks that outlive the request that started them.
     pub tasks: TaskTracker,
     pub stop: CancellationToken,
+    /// Connections held, per address and in all; timeouts and HTTP/2 limits.
+    pub limits: limits::WebLimits,
+}
+
+/// A slot for a new HTTPS connection, or `None` (counted) when `peer` or the relay
+/// holds too many: the connection is then closed at once, before its TLS handshake.
+fn admit(shared: &Shared, web: &Web, peer: SocketAddr) -> Option<limits::ConnectionSlot> {
+    match web.limits.admit(peer) {
+        Ok(slot) => Some(slot),
+        Err(why) => {
+            shared.metrics.https_refused(why);
+            tracing::debug!(%peer, reason = why.as_str(), "HTTPS connection refused");
+            None
+        }
+    }
 }
 
 /// Accepts HTTPS connections until `stop` fires.
@@ -81,10 +90,12 @@ pub(crate) async fn serve(
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             accepted = listener.accept() => {
                 let Ok((tcp, peer)) = accepted else { continue };
+                let Some(slot) = admit(&shared, &web, peer) else { continue };
                 let _ = tcp.set_nodelay(true);
                 let (shared, web, tls) = (shared.clone(), web.clone(), tls.clone());
                 conns.spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(TLS_TIMEOUT, tls.accept(tcp)).await else {
+                    let _slot = slot;
+                    let Ok(Ok(stream)) = tokio::time::timeout(web.limits.config.tls_timeout, tls.accept(tcp)).await else {
                         tracing::debug!(%peer, "TLS handshake failed");
                         return;
                     };
@@ -95,21 +106,28 @@ pub(crate) async fn serve(
                         }
                         return;
                     }
-                    let service = hyper::service::service_fn(move |req| {
-                        handle(shared.clone(), web.clone(), peer, req)
+                    let (builder, head_timeout) = (web.limits.builder(), web.limits.config.header_timeout);
+                    let first = limits::FirstRequest::default();
+                    let service = hyper::service::service_fn({
+                        let first = first.clone();
+                        move |req| {
+                            first.arrived();
+                            handle(shared.clone(), web.clone(), peer, req)
+                        }
                     });
-                    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                    builder
-                        .http1()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT);
                     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                    let served = if h2 {
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
-                    } else {
-                        // HTTP/1.1 request heads are watched for ambiguous lengths.
-                        let stream = strict::StrictHttp1::new(stream);
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                    let served = first.deadline(head_timeout, async {
+                        if h2 {
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                        } else {
+                            // HTTP/1.1 request heads are watched for ambiguous lengths.
+                            let stream = strict::StrictHttp1::new(stream);
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await
+                        }
+                    }).await;
+                    let Some(served) = served else {
+                        tracing::debug!(%peer, "no request within the header timeout; closed");
+                        return;
                     };
                     if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "HTTPS connection ended with an error");
