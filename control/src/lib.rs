@@ -10,11 +10,11 @@ pub mod dashboard;
 pub mod keyring;
 mod limiter;
 pub mod measurements;
-mod metadata;
 mod metrics;
 mod server;
 mod state;
 pub mod store;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 

@@ -292,12 +292,15 @@ pub async fn report_metadata(
                         MetadataItem {
                             key: "load".into(),
                             value: format!("{:.2}", (i as f64 * 0.37 + round as f64) % 4.0),
+                            ..Default::default()
                         },
                         MetadataItem {
                             key: "disk_used".into(),
                             value: format!("{}%", (i + round as usize) % 100),
+                            ..Default::default()
                         },
                     ],
+                    stats: None,
                 };
                 let start = Instant::now();
                 let r: Result<()> = client
