@@ -17,6 +17,7 @@ mod cmd_workspace;
 mod config;
 mod demo;
 mod latency;
+mod telemetry_view;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
