@@ -205,7 +205,7 @@ pub fn working_set(current: u64, inactive_file: u64) -> u64 {
 
 /// CPU use in percent of `cpus` CPUs, from `used_usec` of CPU time over `wall_usec`.
 pub fn cgroup_cpu_percent(used_usec: u64, wall_usec: u64, cpus: f64) -> f64 {
-    if wall_usec == 0 || !(cpus > 0.0) {
+    if wall_usec == 0 || cpus.is_nan() || cpus <= 0.0 {
         return 0.0;
     }
     (used_usec as f64 * 100.0 / (wall_usec as f64 * cpus)).clamp(0.0, 100.0)

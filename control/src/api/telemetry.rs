@@ -141,9 +141,8 @@ impl Watch {
                     // sees no news meanwhile.
                     crate::metrics::store_error();
                     tracing::warn!(workspace = %self.workspace, error = %e, "telemetry stream: reading the store failed");
-                    if self.marks.is_none() {
-                        return None;
-                    }
+                    // Before the first event, a failed read ends the stream.
+                    self.marks?;
                     continue;
                 }
             };
