@@ -12,6 +12,8 @@
 //! reconciles: links to new placements start first, links to relays no longer wanted
 //! are retired only once every wanted link is up (make-before-break). A relay's
 //! go-away makes the agent avoid that relay until it has left the map and come back.
+//! Beside the links, one [`telemetry`] task reports the workspace's resource use and
+//! metadata items to the control plane.
 
 mod backoff;
 mod link;
@@ -19,6 +21,7 @@ pub mod metrics;
 mod pty;
 mod selection;
 mod serve;
+pub mod telemetry;
 mod terminal;
 
 use std::collections::HashMap;
@@ -38,6 +41,7 @@ use crate::link::{LinkContext, LinkEvent};
 
 pub use backoff::Backoff;
 pub use serve::PortPolicy;
+pub use telemetry::TelemetryConfig;
 pub use terminal::TerminalPolicy;
 
 /// How an agent runs.
@@ -69,6 +73,8 @@ pub struct AgentConfig {
     pub map_refresh: Duration,
     /// QUIC on UDP, the TCP tunnel, or whichever gets through (the default).
     pub transport: ferry_transport::reach::TransportMode,
+    /// Resource readings and metadata items reported to the control plane.
+    pub telemetry: TelemetryConfig,
 }
 
 impl AgentConfig {
@@ -91,6 +97,7 @@ impl AgentConfig {
             backoff: Backoff::default(),
             map_refresh: Duration::from_secs(3),
             transport: Default::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -220,6 +227,13 @@ impl Agent {
             control.clone(),
             relays_rx,
             chosen_tx,
+            cancel.child_token(),
+        ));
+        let mut telemetry_task = JoinSet::new();
+        telemetry_task.spawn(telemetry::run(
+            self.config.telemetry.clone(),
+            control.clone(),
+            self.config.token.clone(),
             cancel.child_token(),
         ));
         let mut map_error = String::new();
@@ -355,6 +369,7 @@ impl Agent {
             }
         };
         selection_task.shutdown().await;
+        telemetry_task.shutdown().await;
         tasks.shutdown().await;
         connector
             .close(b"agent stopping", Duration::from_secs(1))

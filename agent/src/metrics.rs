@@ -19,6 +19,7 @@ pub const STREAMS_ACTIVE: &str = "ferry_agent_streams_active";
 pub const DIAL_DURATION: &str = "ferry_agent_dial_duration_seconds";
 pub const REFUSALS: &str = "ferry_agent_stream_refusals_total";
 pub const BYTES: &str = "ferry_agent_bytes_total";
+pub const TELEMETRY_REPORTS: &str = "ferry_agent_telemetry_reports_total";
 
 const TARGETS: [&str; 3] = ["port", "ssh", "terminal"];
 
@@ -138,4 +139,22 @@ impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
     }
+}
+
+/// Registers the telemetry reports' description and zero series (reporting is on).
+pub fn describe_telemetry() {
+    metrics::describe_counter!(
+        TELEMETRY_REPORTS,
+        Unit::Count,
+        "Telemetry reports sent to the control plane, by result (ok, error)."
+    );
+    for result in ["ok", "error"] {
+        metrics::counter!(TELEMETRY_REPORTS, "result" => result).increment(0);
+    }
+}
+
+/// One telemetry report sent (`ok`) or failed.
+pub fn telemetry_report(ok: bool) {
+    let result = if ok { "ok" } else { "error" };
+    metrics::counter!(TELEMETRY_REPORTS, "result" => result).increment(1);
 }

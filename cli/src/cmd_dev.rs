@@ -260,6 +260,27 @@ pub async fn run(mut args: DevArgs, cancel: CancellationToken) -> Result<()> {
     if wan.is_none() {
         agent_config.region = args.regions.first().cloned();
     }
+    // Telemetry often enough that the dashboard's charts move while one watches, and
+    // two metadata items to show (one from a command, one from a file).
+    agent_config.telemetry.interval = Some(Duration::from_secs(2));
+    agent_config.telemetry.items = vec![
+        ferry_agent::telemetry::ItemSpec {
+            key: "processes".into(),
+            name: Some("Processes".into()),
+            source: ferry_agent::telemetry::ItemSource::Command(
+                "ls -d /proc/[0-9]* | wc -l".into(),
+            ),
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+        },
+        ferry_agent::telemetry::ItemSpec {
+            key: "kernel".into(),
+            name: Some("Kernel".into()),
+            source: ferry_agent::telemetry::ItemSource::File("/proc/sys/kernel/osrelease".into()),
+            interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(1),
+        },
+    ];
     let agent = Agent::new(agent_config)?;
     let agent_admin = crate::cmd_servers::agent_admin(loopback_any, &agent).await?;
     let agent_admin_addr = agent_admin.local_addr();

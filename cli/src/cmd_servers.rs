@@ -381,9 +381,52 @@ pub struct AgentArgs {
     /// Write a JSON file with the admin address once listening
     #[arg(long, hide = true)]
     pub ready_file: Option<PathBuf>,
+    /// Seconds between telemetry reports to the control plane (CPU, memory, disk, load,
+    /// uptime and the metadata items); 0 turns them off
+    #[arg(long, env = "FERRY_TELEMETRY_INTERVAL", default_value_t = 10.0)]
+    pub telemetry_interval: f64,
+    /// The workspace directory, whose file system's use is reported [default: $HOME]
+    #[arg(long, env = "FERRY_WORKSPACE_DIR")]
+    pub workspace_dir: Option<PathBuf>,
+    /// A metadata item: KEY=COMMAND, run with `sh -c` every report interval with a
+    /// 5 s timeout (repeatable)
+    #[arg(long = "metadata", value_name = "KEY=COMMAND")]
+    pub metadata: Vec<String>,
+    /// A TOML file of metadata items (key, name, command or file, interval_secs,
+    /// timeout_secs); see the README
+    #[arg(long, env = "FERRY_METADATA_FILE")]
+    pub metadata_file: Option<PathBuf>,
+}
+
+/// The agent's telemetry settings from its flags, checked.
+pub fn telemetry_config(args: &AgentArgs) -> Result<ferry_agent::TelemetryConfig> {
+    let mut telemetry = ferry_agent::TelemetryConfig::default();
+    if !(args.telemetry_interval.is_finite() && args.telemetry_interval >= 0.0) {
+        anyhow::bail!(
+            "--telemetry-interval {}: use seconds, 0 to turn reports off",
+            args.telemetry_interval
+        );
+    }
+    telemetry.interval = (args.telemetry_interval > 0.0)
+        .then(|| Duration::from_secs_f64(args.telemetry_interval.clamp(0.2, 86400.0)));
+    if let Some(dir) = &args.workspace_dir {
+        if !dir.is_dir() {
+            anyhow::bail!("--workspace-dir {}: not a directory", dir.display());
+        }
+        telemetry.sources.workspace_dir = dir.clone();
+    }
+    telemetry.items = crate::agent_items::items(
+        &args.metadata,
+        args.metadata_file.as_deref(),
+        telemetry
+            .interval
+            .unwrap_or(ferry_agent::telemetry::DEFAULT_INTERVAL),
+    )?;
+    Ok(telemetry)
 }
 
 pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
+    let telemetry = telemetry_config(&args)?;
     let mut config = AgentConfig::new(
         args.control_url,
         read_ca(&args.ca_file)?,
@@ -400,6 +443,7 @@ pub async fn agent(args: AgentArgs, cancel: CancellationToken) -> Result<()> {
         config.terminal = TerminalPolicy::Shell(shell);
     }
     config.map_refresh = Duration::from_millis(args.refresh_ms.max(50));
+    config.telemetry = telemetry;
     if !args.allow_ports.is_empty() {
         config.ports = PortPolicy::Only(args.allow_ports);
     }

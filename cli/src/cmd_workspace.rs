@@ -1,9 +1,10 @@
-//! `ferry workspace ...`: a user's workspaces and their agent tokens.
+//! `ferry workspace ...`: a user's workspaces, their agents' telemetry (`show`) and
+//! their agent tokens.
 
 use anyhow::Result;
 use ferry_proto::api::{
-    CreateTokenRequest, CreateWorkspaceRequest, NewTokenResponse, TokensResponse, WorkspaceInfo,
-    WorkspacesResponse,
+    CreateTokenRequest, CreateWorkspaceRequest, NewTokenResponse, RouteResponse, TokensResponse,
+    WorkspaceInfo, WorkspaceTelemetryResponse, WorkspacesResponse,
 };
 use ferry_proto::WorkspaceLabel;
 use ferry_transport::ControlClient;
@@ -25,6 +26,9 @@ pub enum WorkspaceCommand {
     Create { name: String },
     /// List your workspaces
     List,
+    /// A workspace's agent, resource use (CPU, memory, disk, load, uptime) and
+    /// metadata items, as its agent last reported them
+    Show { workspace: String },
     /// Create an agent token for a workspace (printed once)
     AgentToken {
         workspace: String,
@@ -66,6 +70,37 @@ pub async fn run(args: WorkspaceArgs) -> Result<()> {
             for ws in list.workspaces {
                 println!("{}", ws.label);
             }
+        }
+        WorkspaceCommand::Show { workspace } => {
+            let ws = label(&workspace)?;
+            let info: WorkspaceInfo = control
+                .get(&format!("/api/v1/workspaces/{ws}"), token)
+                .await
+                .map_err(api_error)?;
+            let route = match control
+                .get::<RouteResponse>(&format!("/api/v1/workspaces/{ws}/route"), token)
+                .await
+            {
+                Ok(r) => format!(
+                    "connected to relay {} (region {})",
+                    r.relay.name, r.relay.region
+                ),
+                Err(ferry_transport::ControlError::Api { status: 404, .. }) => {
+                    "not connected".to_string()
+                }
+                Err(e) => return Err(api_error(e)),
+            };
+            let telemetry: WorkspaceTelemetryResponse = control
+                .get(&format!("/api/v1/workspaces/{ws}/telemetry"), token)
+                .await
+                .map_err(api_error)?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            print!(
+                "{}",
+                crate::telemetry_view::render(&info, &route, &telemetry, now_ms)
+            );
         }
         WorkspaceCommand::AgentToken { workspace, name } => {
             let ws = label(&workspace)?;

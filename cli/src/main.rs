@@ -2,6 +2,7 @@
 //! `main` parses flags, sets up logging, turns signals into a cancellation token, runs
 //! the command and maps its error to an exit code; the work lives in the library crates.
 
+mod agent_items;
 mod client;
 mod cmd_admin;
 mod cmd_dev;
@@ -16,6 +17,7 @@ mod cmd_workspace;
 mod config;
 mod demo;
 mod latency;
+mod telemetry_view;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;

@@ -1,7 +1,8 @@
 //! The dashboard in a real headless Chromium, against a real `ferry dev`: it signs in
 //! with the link `ferry dev` prints, draws the relays and the mesh heat map from the
 //! relays' reports, measures the browser's own RTT to every relay's `/.ferry/ping` and
-//! marks the region it would pick.
+//! marks the region it would pick; and the workspace view charts the demo agent's
+//! telemetry as the control plane pushes it.
 
 mod common;
 
@@ -248,6 +249,115 @@ async fn dashboard_draws_the_network_and_measures_your_latency_in_chromium() -> 
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
         "the screenshot is not a picture of a page"
+    );
+    let errors: Vec<&String> = browser
+        .console
+        .iter()
+        .filter(|l| l.starts_with("exception") || l.starts_with("console.error"))
+        .collect();
+    assert!(errors.is_empty(), "the page logged errors: {errors:#?}");
+    Ok(())
+}
+
+/// The workspace view's state, read from the page.
+const TELEMETRY_PANEL: &str = "(() => {
+    const p = document.querySelector('#telemetry');
+    const path = p.querySelector('[data-chart=cpu] path');
+    return {
+        stream: p.dataset.stream,
+        points: Number(p.dataset.points || 0),
+        last_at: Number(p.dataset.lastAt || 0),
+        cpu_path: path ? path.getAttribute('d') : '',
+        memory_chart: !!p.querySelector('[data-chart=memory] path'),
+        tiles: Object.fromEntries([...p.querySelectorAll('.tile')].map((t) => [t.dataset.tile, t.querySelector('.value').textContent])),
+        items: Object.fromEntries([...p.querySelectorAll('tr[data-key]')].map((r) => [r.dataset.key, r.children[1].textContent])),
+        polled: performance.getEntriesByType('resource').filter((e) => /\\/telemetry(\\?|$)/.test(new URL(e.name).pathname)).length,
+    };
+})()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workspace_view_charts_live_telemetry_in_chromium() -> Result<()> {
+    let test = "the_workspace_view_charts_live_telemetry_in_chromium";
+    let dir = TempDir::new("dashboard-telemetry");
+    let Some(mut browser) = Browser::launch(test, &dir.0.join("chromium-profile")).await? else {
+        return Ok(());
+    };
+    let ready = dir.0.join("ready.json");
+    let data = dir.0.join("data");
+    let _dev = spawn_ferry(
+        &dir.0,
+        "dev",
+        &[
+            "dev",
+            "--control-port",
+            "0",
+            "--echo-port",
+            "0",
+            "--http-port",
+            "0",
+            "--no-config",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let info = wait_for_json(&ready, Duration::from_secs(60)).await?;
+    let url = info["dashboard_url"]
+        .as_str()
+        .context("the ready file names the dashboard URL")?
+        .to_string();
+    browser.navigate(&url).await?;
+
+    // The demo agent reports every 2 s: the chart gets a second point, then moves on.
+    let first = browser
+        .wait_for(
+            &format!("(() => {{ const s = {TELEMETRY_PANEL}; return s.stream === 'open' && s.points >= 2 && s; }})()"),
+            Duration::from_secs(60),
+        )
+        .await?;
+    let cpu_path = first["cpu_path"].as_str().unwrap_or_default().to_string();
+    assert!(cpu_path.starts_with('M'), "no CPU line drawn: {first}");
+    assert_eq!(first["memory_chart"], true, "no memory line drawn: {first}");
+    let last_at = first["last_at"].as_u64().unwrap_or(0);
+    let moved = browser
+        .wait_for(
+            &format!(
+                "(() => {{ const s = {TELEMETRY_PANEL}; return s.last_at > {last_at} && s.cpu_path !== {cpu:?} && s; }})()",
+                cpu = cpu_path
+            ),
+            Duration::from_secs(30),
+        )
+        .await?;
+    assert!(
+        moved["points"].as_u64().unwrap_or(0) > first["points"].as_u64().unwrap_or(0),
+        "a new reading adds a point: {first} then {moved}"
+    );
+    // Pushed, not polled: the page never fetched the telemetry document itself.
+    assert_eq!(moved["polled"], 0, "the page polled /telemetry: {moved}");
+    for tile in ["cpu", "memory", "disk", "load", "uptime"] {
+        let text = moved["tiles"][tile].as_str().unwrap_or_default();
+        assert!(!text.is_empty(), "tile {tile} is empty: {moved}");
+    }
+    assert!(
+        moved["tiles"]["cpu"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with(" %"),
+        "{moved}"
+    );
+    // The demo's two metadata items: a command's output and a file's contents.
+    let processes = moved["items"]["processes"].as_str().unwrap_or_default();
+    assert!(
+        processes.parse::<u32>().is_ok_and(|n| n > 0),
+        "processes: `{processes}` in {moved}"
+    );
+    let kernel = moved["items"]["kernel"].as_str().unwrap_or_default();
+    assert_eq!(
+        kernel,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        "{moved}"
     );
     let errors: Vec<&String> = browser
         .console

@@ -240,6 +240,98 @@ async function renderWorkspace() {
     lineChart(series, { fmt: fmtMs, width: 1200, height: 280, label: 'hop-by-hop latency', empty: 'No measurements for this workspace yet.' }));
 }
 
+// ---- workspace resources (live) ----
+
+const HISTORY_MS = 15 * 60 * 1000;
+const telemetry = { source: null, workspace: '', points: [], latest: null, items: [] };
+
+function fmtPercent(v) { return (v < 10 ? v.toFixed(1) : v.toFixed(0)) + ' %'; }
+
+function fmtAgo(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  return s < 60 ? s + ' s ago' : s < 3600 ? Math.round(s / 60) + ' min ago' : Math.round(s / 3600) + ' h ago';
+}
+
+function fmtUptime(s) {
+  if (s < 3600) return Math.floor(s / 60) + ' min';
+  if (s < 86400) return Math.floor(s / 3600) + ' h ' + Math.floor(s % 3600 / 60) + ' min';
+  return Math.floor(s / 86400) + ' d ' + Math.floor(s % 86400 / 3600) + ' h';
+}
+
+// Follows the selected workspace's event stream: a `snapshot` replaces what we have,
+// an `update` adds the readings since. The browser reconnects by itself when the
+// control plane ends a stream (it does every few minutes, to check the session again).
+function watchTelemetry() {
+  if (telemetry.source && telemetry.workspace === state.workspace) return;
+  if (telemetry.source) telemetry.source.close();
+  telemetry.source = null;
+  telemetry.workspace = state.workspace;
+  telemetry.points = []; telemetry.latest = null; telemetry.items = [];
+  const panel = $('#telemetry');
+  panel.dataset.stream = 'closed';
+  renderTelemetry();
+  if (!state.workspace) return;
+  const es = new EventSource('/api/v1/workspaces/' + encodeURIComponent(state.workspace) + '/telemetry/events');
+  telemetry.source = es;
+  es.onopen = () => { panel.dataset.stream = 'open'; };
+  es.onerror = () => { panel.dataset.stream = es.readyState === EventSource.CLOSED ? 'closed' : 'reconnecting'; };
+  const take = (replace) => (ev) => {
+    const doc = JSON.parse(ev.data);
+    if (doc.workspace !== telemetry.workspace) return;
+    if (replace) telemetry.points = [];
+    const last = telemetry.points.length ? telemetry.points[telemetry.points.length - 1].at_ms : -Infinity;
+    for (const p of doc.history) if (p.at_ms > last) telemetry.points.push(p);
+    const horizon = Date.now() - HISTORY_MS;
+    telemetry.points = telemetry.points.filter((p) => p.at_ms >= horizon);
+    telemetry.latest = doc.latest;
+    telemetry.items = doc.items;
+    renderTelemetry();
+  };
+  es.addEventListener('snapshot', take(true));
+  es.addEventListener('update', take(false));
+}
+
+function renderTelemetry() {
+  const panel = $('#telemetry');
+  $('#telemetry-name').textContent = telemetry.workspace ? '· ' + telemetry.workspace : '';
+  const pts = telemetry.points;
+  panel.dataset.points = String(pts.length);
+  panel.dataset.lastAt = pts.length ? String(pts[pts.length - 1].at_ms) : '';
+  const tiles = $('.tiles', panel);
+  const l = telemetry.latest;
+  if (!l) {
+    tiles.replaceChildren(h('p', { class: 'empty' }, telemetry.workspace ? 'No readings from this workspace\'s agent yet.' : 'No workspace to show.'));
+  } else {
+    const st = l.stats;
+    const tile = (key, label, value) => h('div', { class: 'tile', 'data-tile': key }, h('span', { class: 'label' }, label), h('span', { class: 'value' }, value));
+    const share = (a, b) => b > 0 ? ' (' + fmtPercent(a * 100 / b) + ')' : '';
+    tiles.replaceChildren(
+      tile('cpu', 'CPU', fmtPercent(st.cpu_percent)),
+      tile('memory', 'Memory', fmtBytes(st.mem_used_bytes) + ' of ' + fmtBytes(st.mem_limit_bytes) + share(st.mem_used_bytes, st.mem_limit_bytes)),
+      tile('disk', 'Disk', fmtBytes(st.disk_used_bytes) + ' of ' + fmtBytes(st.disk_total_bytes) + share(st.disk_used_bytes, st.disk_total_bytes)),
+      tile('load', 'Load (1, 5, 15 min)', st.load.map((x) => x.toFixed(2)).join(' ')),
+      tile('uptime', 'Uptime', fmtUptime(st.uptime_secs)),
+      tile('source', 'Measured from', st.source === 'cgroup' ? 'container (cgroup)' : 'host (/proc)'),
+      tile('age', 'Reported', fmtAgo(Date.now() - l.at_ms)));
+  }
+  const cpu = [{ name: 'CPU %', color: PALETTE[0], points: pts.map((p) => [p.at_ms, p.stats.cpu_percent]) }];
+  const mem = [
+    { name: 'used', color: PALETTE[1], points: pts.map((p) => [p.at_ms, p.stats.mem_used_bytes]) },
+    { name: 'limit', color: PALETTE[5], points: pts.map((p) => [p.at_ms, p.stats.mem_limit_bytes]) },
+  ];
+  const chart = (key, title, series, fmt) => h('div', { 'data-chart': key },
+    h('p', { class: 'chart-title' }, title),
+    lineChart(series, { fmt, height: 180, label: title, empty: 'No readings in the last 15 minutes.' }));
+  $('.body', panel).replaceChildren(
+    chart('cpu', 'CPU (percent of what the workspace may use)', cpu, (v) => fmtPercent(v)),
+    chart('memory', 'Memory', mem, fmtBytes));
+  const rows = telemetry.items.map((i) => h('tr', { 'data-key': i.key },
+    h('td', { title: i.key }, i.name || i.key),
+    i.error ? h('td', { class: 'error' }, 'error: ' + i.error) : h('td', {}, i.value),
+    h('td', { class: 'muted' }, fmtAgo(Date.now() - i.updated_at * 1000))));
+  $('tbody', panel).replaceChildren(...(rows.length ? rows : [h('tr', {}, h('td', { colspan: 3, class: 'empty' }, 'No metadata items reported.'))]));
+}
+
 // ---- your latency ----
 
 async function probe(url) {
@@ -336,7 +428,7 @@ async function loadWorkspaces() {
   const select = $('#ws-select');
   select.replaceChildren(...list.workspaces.map((w) => h('option', { value: w.label }, w.label)));
   state.workspace = list.workspaces.length ? list.workspaces[0].label : '';
-  select.onchange = () => { state.workspace = select.value; renderWorkspace().catch(() => {}); };
+  select.onchange = () => { state.workspace = select.value; renderWorkspace().catch(() => {}); watchTelemetry(); };
 }
 
 function showLogin(message) {
@@ -376,6 +468,7 @@ async function run() {
   $('#logout').hidden = false;
   $('#app').hidden = false;
   await loadWorkspaces().catch(() => {});
+  watchTelemetry();
   await refresh();
   setInterval(() => refresh().catch((e) => { $('#updated').textContent = 'refresh failed: ' + e.message; }), REFRESH_MS);
   await measure();

@@ -11,11 +11,11 @@ pub mod keyring;
 mod limiter;
 mod login_gate;
 pub mod measurements;
-mod metadata;
 mod metrics;
 mod server;
 mod state;
 pub mod store;
+pub mod telemetry;
 #[doc(hidden)]
 pub mod testing;
 

@@ -19,6 +19,9 @@ pub const HTTP_DURATION: &str = "ferry_control_http_request_duration_seconds";
 pub const HEARTBEATS: &str = "ferry_control_heartbeats_total";
 pub const RELAYS: &str = "ferry_control_relays";
 pub const STORE_ERRORS: &str = "ferry_control_store_errors_total";
+pub const TELEMETRY_REPORTS: &str = "ferry_control_telemetry_reports_total";
+pub const TELEMETRY_ROWS: &str = "ferry_control_telemetry_rows_written_total";
+pub const TELEMETRY_WRITE: &str = "ferry_control_telemetry_write_seconds";
 
 /// The health values relays are counted by (every one is exported, at zero if empty).
 const HEALTHS: [&str; 4] = ["ok", "unhealthy", "unreachable", "draining"];
@@ -48,6 +51,23 @@ pub(crate) fn describe() {
         Unit::Count,
         "Requests and upkeep that failed on the store (database)."
     );
+    describe_counter!(
+        TELEMETRY_REPORTS,
+        Unit::Count,
+        "Agents' telemetry reports stored (resource readings and metadata items)."
+    );
+    describe_counter!(
+        TELEMETRY_ROWS,
+        Unit::Count,
+        "Rows the telemetry reports upserted: one per reading, one per metadata item."
+    );
+    describe_histogram!(
+        TELEMETRY_WRITE,
+        Unit::Seconds,
+        "Time one telemetry report spent in the store (its transaction)."
+    );
+    metrics::counter!(TELEMETRY_REPORTS).increment(0);
+    metrics::counter!(TELEMETRY_ROWS).increment(0);
     // Registering (not resetting: a second plane in one process shares the series).
     metrics::counter!(HEARTBEATS).increment(0);
     metrics::counter!(STORE_ERRORS).increment(0);
@@ -84,6 +104,13 @@ pub(crate) async fn track(req: Request, next: Next) -> Response {
 
 pub(crate) fn heartbeat() {
     metrics::counter!(HEARTBEATS).increment(1);
+}
+
+/// One telemetry report stored in `took`: a reading (if `stats`) and `items` items.
+pub(crate) fn telemetry_written(took: std::time::Duration, stats: bool, items: usize) {
+    metrics::counter!(TELEMETRY_REPORTS).increment(1);
+    metrics::counter!(TELEMETRY_ROWS).increment(u64::from(stats) + items as u64);
+    metrics::histogram!(TELEMETRY_WRITE).record(took.as_secs_f64());
 }
 
 pub(crate) fn store_error() {

@@ -228,7 +228,7 @@ async fn maintenance(state: Arc<State>, cancel: CancellationToken) {
 const SERIES_UPKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Rolls raw latency samples up into one-minute buckets and drops what is past its
-/// retention, every minute until cancelled. Replicas may both do it: buckets are
+/// retention (workspace telemetry too), every minute until cancelled. Replicas may both do it: buckets are
 /// inserted only if missing, deletes are idempotent.
 async fn series_upkeep(state: Arc<State>, cancel: CancellationToken) {
     use crate::measurements::{LOAD_RETENTION_MS, MINUTE_RETENTION_MS, RAW_RETENTION_MS};
@@ -255,6 +255,23 @@ async fn series_upkeep(state: Arc<State>, cancel: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(rows = n, "old latency and load series pruned"),
             Err(e) => tracing::warn!(error = %e, "pruning latency series failed"),
+        }
+        // Readings past the charts' span go in one delete a minute, never row by row
+        // on the agents' write path.
+        let pruned = state
+            .store()
+            .prune_telemetry(
+                now - ferry_proto::api::STATS_HISTORY_MS,
+                now - crate::telemetry::METADATA_RETENTION_MS,
+            )
+            .await;
+        match pruned {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(rows = n, "old workspace telemetry pruned"),
+            Err(e) => {
+                crate::metrics::store_error();
+                tracing::warn!(error = %e, "pruning workspace telemetry failed");
+            }
         }
     }
 }

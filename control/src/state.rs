@@ -75,10 +75,8 @@ pub struct State {
     /// When this replica last recorded each relay's load (Unix ms) and its agents and
     /// streams then, to thin the history out.
     pub(crate) load_marks: std::sync::Mutex<std::collections::HashMap<String, LoadMark>>,
-    /// Agents' latest metadata readings, by workspace label: live values resent every
-    /// few seconds, so they are kept in memory (per replica, gone at restart) rather
-    /// than written to the store on every update.
-    pub(crate) metadata: crate::metadata::MetadataTable,
+    /// Places for open telemetry event streams (the dashboard's live views).
+    pub(crate) telemetry_streams: Arc<tokio::sync::Semaphore>,
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
@@ -180,7 +178,9 @@ impl State {
             changes: tokio::sync::watch::Sender::new(0),
             stopping: tokio_util::sync::CancellationToken::new(),
             load_marks: Default::default(),
-            metadata: Default::default(),
+            telemetry_streams: Arc::new(tokio::sync::Semaphore::new(
+                crate::api::MAX_TELEMETRY_STREAMS,
+            )),
         })
     }
 

@@ -25,6 +25,13 @@ pub enum StoreError {
     /// A row with the same key exists (a duplicate name).
     #[error("{what} already exists")]
     Conflict { what: String },
+    /// Storing would take a bounded table past its bound (nothing was stored).
+    #[error("{what}: {count}, at most {max}")]
+    TooMany {
+        what: String,
+        count: usize,
+        max: usize,
+    },
     /// The database URL is not one we can use.
     #[error("database URL: {0}")]
     BadUrl(String),
@@ -51,6 +58,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "measurements",
         include_str!("../migrations/0004_measurements.sql"),
+    ),
+    (
+        5,
+        "workspace telemetry",
+        include_str!("../migrations/0005_workspace_telemetry.sql"),
     ),
 ];
 
@@ -677,6 +689,8 @@ pub fn redact(url: &str) -> String {
 
 pub mod series;
 pub use series::{rollup, MeasurementRow, MinuteRow, RelayLoadRow, SeriesFilter};
+pub mod telemetry;
+pub use telemetry::{MetadataRow, StatsRow, TelemetryMarks};
 
 #[cfg(test)]
 mod tests;

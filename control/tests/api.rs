@@ -375,8 +375,10 @@ async fn agents_report_metadata_that_only_their_workspace_owner_reads() {
             .map(|(k, v)| MetadataItem {
                 key: k.to_string(),
                 value: v.to_string(),
+                ..Default::default()
             })
             .collect(),
+        stats: None,
     };
     let path = "/api/v1/agents/metadata";
     let () = p

@@ -180,3 +180,98 @@ async fn the_api_works_the_same_on_postgres() {
     assert_eq!(code(r), (404, "agent_not_connected".into()));
     p.stop().await;
 }
+
+#[tokio::test]
+async fn a_reading_written_through_one_replica_is_served_live_by_both() {
+    let Some(url) = ferry_control::testing::postgres_url("telemetry_on_two_replicas") else {
+        return;
+    };
+    let options = ferry_control::testing::fresh_postgres_database(&url)
+        .await
+        .expect("fresh database");
+    let db_url = format!(
+        "{}/{}",
+        url.rsplit_once('/').unwrap().0,
+        options.get_database().unwrap()
+    );
+    let dir = ferry_control::testing::scratch_dir("replicas-telemetry");
+    let (a, b) = tokio::join!(
+        Plane::start_with(dir.clone(), Some(db_url.clone())),
+        Plane::start_with(dir.clone(), Some(db_url.clone()))
+    );
+    let alice = a.user("alice").await;
+    a.workspace(&alice, "demo").await;
+    let agent: NewTokenResponse = b
+        .client
+        .post(
+            "/api/v1/workspaces/demo--alice/agent-tokens",
+            Some(&alice),
+            &CreateTokenRequest {
+                name: "agent".into(),
+                ttl_secs: None,
+            },
+        )
+        .await
+        .unwrap();
+    let reading = |cpu: f64| AgentMetadataRequest {
+        items: vec![MetadataItem {
+            key: "branch".into(),
+            value: format!("at-{cpu}"),
+            ..Default::default()
+        }],
+        stats: Some(WorkspaceStats {
+            cpu_percent: cpu,
+            mem_used_bytes: 1 << 20,
+            mem_limit_bytes: 1 << 30,
+            ..Default::default()
+        }),
+    };
+    // Written through A, read through both.
+    let () = a
+        .client
+        .post(
+            "/api/v1/agents/metadata",
+            Some(&agent.token),
+            &reading(21.0),
+        )
+        .await
+        .unwrap();
+    let path = "/api/v1/workspaces/demo--alice/telemetry";
+    for (replica, plane) in [("A", &a), ("B", &b)] {
+        let got: WorkspaceTelemetryResponse = plane.client.get(path, Some(&alice)).await.unwrap();
+        let latest = got
+            .latest
+            .unwrap_or_else(|| panic!("{replica} has no reading"));
+        assert_eq!(latest.stats.cpu_percent, 21.0, "{replica}");
+        assert_eq!(got.items[0].value, "at-21", "{replica}");
+    }
+    // A live view on B hears of a reading written through A.
+    let (status, stream) =
+        EventStream::open(&b.url, &b.ca_pem, &format!("{path}/events"), &alice).await;
+    assert_eq!(status, 200);
+    let mut stream = stream.unwrap();
+    let (name, _) = stream
+        .next(std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(name, "snapshot");
+    let () = a
+        .client
+        .post(
+            "/api/v1/agents/metadata",
+            Some(&agent.token),
+            &reading(64.0),
+        )
+        .await
+        .unwrap();
+    let (name, data) = stream
+        .next(std::time::Duration::from_secs(10))
+        .await
+        .expect("B pushes the reading A stored");
+    assert_eq!(name, "update");
+    let update: WorkspaceTelemetryResponse = serde_json::from_str(&data).unwrap();
+    assert_eq!(update.latest.unwrap().stats.cpu_percent, 64.0);
+    drop(stream);
+    a.stop().await;
+    b.stop().await;
+}

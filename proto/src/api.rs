@@ -3,6 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod telemetry;
+pub use telemetry::*;
+
 use crate::token::{PublicKey, TokenKind};
 
 /// Every API error: `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx status.
@@ -544,113 +547,4 @@ pub struct RelayLoad {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RelayLoadResponse {
     pub relays: Vec<RelayLoad>,
-}
-
-/// `POST /api/v1/agents/metadata` (agent token): the latest readings of the agent's
-/// metadata (load, disk use, the output of a user's script...), a few keys sent every
-/// few seconds. Each item replaces the value of its key; keys not named keep theirs.
-/// At most [`MAX_METADATA_KEYS`] keys per workspace, keys of 1 to
-/// [`MAX_METADATA_KEY_LEN`] characters `a-z 0-9 _ . -`, values of at most
-/// [`MAX_METADATA_VALUE_LEN`] bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AgentMetadataRequest {
-    pub items: Vec<MetadataItem>,
-}
-
-/// Most keys a workspace's metadata may hold.
-pub const MAX_METADATA_KEYS: usize = 32;
-/// Longest metadata key, in characters.
-pub const MAX_METADATA_KEY_LEN: usize = 64;
-/// Longest metadata value, in bytes.
-pub const MAX_METADATA_VALUE_LEN: usize = 4096;
-
-/// One metadata reading.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetadataItem {
-    pub key: String,
-    pub value: String,
-}
-
-/// `GET /api/v1/workspaces/{label}/metadata` (user or admin token): the latest
-/// readings, sorted by key, and when each arrived (Unix seconds).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkspaceMetadataResponse {
-    pub workspace: String,
-    pub items: Vec<MetadataReading>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MetadataReading {
-    pub key: String,
-    pub value: String,
-    pub updated_at: i64,
-}
-
-impl MetadataItem {
-    /// Why this item cannot be stored, if it cannot.
-    pub fn check(&self) -> Result<(), String> {
-        let key_ok = !self.key.is_empty()
-            && self.key.chars().count() <= MAX_METADATA_KEY_LEN
-            && self
-                .key
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c));
-        if !key_ok {
-            return Err(format!(
-                "key `{}`: use 1 to {MAX_METADATA_KEY_LEN} characters a-z 0-9 _ . -",
-                self.key
-                    .chars()
-                    .take(MAX_METADATA_KEY_LEN)
-                    .collect::<String>()
-            ));
-        }
-        if self.value.len() > MAX_METADATA_VALUE_LEN {
-            return Err(format!(
-                "value of `{}`: {} bytes, at most {MAX_METADATA_VALUE_LEN}",
-                self.key,
-                self.value.len()
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[cfg(test)]
-mod metadata_tests {
-    use super::*;
-
-    fn item(key: &str, value: &str) -> MetadataItem {
-        MetadataItem {
-            key: key.into(),
-            value: value.into(),
-        }
-    }
-
-    #[test]
-    fn metadata_keys_and_values_are_bounded() {
-        assert!(item("load.1m", "0.42").check().is_ok());
-        assert!(item("disk_free-gb", "").check().is_ok());
-        assert!(item("", "x").check().is_err());
-        assert!(item("Load", "x").check().is_err());
-        assert!(item("a b", "x").check().is_err());
-        assert!(item(&"k".repeat(MAX_METADATA_KEY_LEN + 1), "x")
-            .check()
-            .is_err());
-        assert!(item("k", &"v".repeat(MAX_METADATA_VALUE_LEN))
-            .check()
-            .is_ok());
-        assert!(item("k", &"v".repeat(MAX_METADATA_VALUE_LEN + 1))
-            .check()
-            .is_err());
-    }
-
-    #[test]
-    fn metadata_requests_refuse_unknown_fields() {
-        let ok: AgentMetadataRequest =
-            serde_json::from_str(r#"{"items":[{"key":"a","value":"1"}]}"#).unwrap();
-        assert_eq!(ok.items, vec![item("a", "1")]);
-        assert!(serde_json::from_str::<AgentMetadataRequest>(r#"{"items":[],"x":1}"#).is_err());
-    }
 }

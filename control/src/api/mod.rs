@@ -10,6 +10,7 @@ pub mod app_auth;
 mod measurements;
 mod relays;
 pub mod session;
+mod telemetry;
 mod users;
 mod workspaces;
 
@@ -35,6 +36,7 @@ use ferry_proto::ErrorCode;
 use crate::state::{State, StateError, VerifyError};
 
 pub(crate) use measurements::now_ms;
+pub(crate) use telemetry::MAX_STREAMS as MAX_TELEMETRY_STREAMS;
 
 /// Request bodies are small JSON documents; anything larger is refused unread.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -86,6 +88,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/workspaces/{label}/route"),
     ("get", "/api/v1/workspaces/{label}/latency"),
     ("get", "/api/v1/workspaces/{label}/metadata"),
+    ("get", "/api/v1/workspaces/{label}/telemetry"),
+    ("get", "/api/v1/workspaces/{label}/telemetry/events"),
     ("post", "/api/v1/agents/metadata"),
     ("post", "/api/v1/workspaces/{label}/agent-tokens"),
     ("get", "/api/v1/workspaces/{label}/agent-tokens"),
@@ -312,6 +316,14 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/api/v1/workspaces/{label}/route", get(workspaces::route))
         .route("/api/v1/workspaces/{label}/metadata", get(agents::metadata))
+        .route(
+            "/api/v1/workspaces/{label}/telemetry",
+            get(telemetry::telemetry),
+        )
+        .route(
+            "/api/v1/workspaces/{label}/telemetry/events",
+            get(telemetry::events),
+        )
         .route("/api/v1/agents/metadata", post(agents::update_metadata))
         .route(
             "/api/v1/workspaces/{label}/latency",

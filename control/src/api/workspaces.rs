@@ -154,7 +154,7 @@ pub(crate) async fn remove(
         state.revoke_token(&t.jti).await?;
     }
     state.store().delete_workspace(&ws.label).await?;
-    state.metadata.remove(&ws.label);
+    state.store().delete_telemetry(&ws.label).await?;
     tracing::info!(workspace = %ws.label, "workspace deleted");
     Ok(StatusCode::NO_CONTENT)
 }

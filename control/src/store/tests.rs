@@ -476,3 +476,158 @@ async fn latency_series_are_filtered_rolled_up_and_pruned() {
         store.close().await;
     }
 }
+
+fn reading(at_ms: i64, cpu_bp: i64) -> StatsRow {
+    StatsRow {
+        workspace: "demo--alice".into(),
+        at_ms,
+        cpu_bp,
+        mem_used: 100,
+        mem_limit: 1000,
+        disk_used: 5,
+        disk_total: 50,
+        load_milli: [1, 2, 3],
+        uptime_secs: 60,
+        source: "cgroup".into(),
+    }
+}
+
+fn item_row(key: &str, value: &str, at_ms: i64) -> MetadataRow {
+    MetadataRow {
+        key: key.into(),
+        name: None,
+        value: value.into(),
+        error: None,
+        updated_ms: at_ms,
+    }
+}
+
+#[tokio::test]
+async fn telemetry_keeps_one_reading_per_bucket_and_prunes_in_bulk() {
+    let (all, _dir) = stores("telemetry_buckets").await;
+    for store in all {
+        let b = store.backend_name();
+        let ws = "demo--alice";
+        // Two readings in one 5 s bucket: the later replaces the earlier.
+        for (at, cpu) in [(10_000, 100), (12_000, 200), (15_000, 300), (21_000, 400)] {
+            store
+                .record_telemetry(ws, Some(&reading(at, cpu)), 5_000, &[], 32)
+                .await
+                .unwrap();
+        }
+        let got: Vec<(i64, i64)> = store
+            .stats_since(ws, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.at_ms, r.cpu_bp))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(12_000, 200), (15_000, 300), (21_000, 400)],
+            "{b}"
+        );
+        assert_eq!(
+            store.latest_stats(ws).await.unwrap().unwrap().at_ms,
+            21_000,
+            "{b}"
+        );
+        assert_eq!(store.stats_since(ws, 15_001).await.unwrap().len(), 1, "{b}");
+        assert_eq!(store.latest_stats("other--bob").await.unwrap(), None, "{b}");
+        let marks = store.telemetry_marks(ws).await.unwrap();
+        assert_eq!(
+            (marks.stats_ms, marks.metadata_ms),
+            (Some(21_000), None),
+            "{b}"
+        );
+
+        // Bulk pruning by time: readings before 15 s, items untouched since 20 s.
+        store
+            .record_telemetry(
+                ws,
+                None,
+                5_000,
+                &[item_row("old", "1", 1_000), item_row("new", "2", 30_000)],
+                32,
+            )
+            .await
+            .unwrap();
+        let pruned = store.prune_telemetry(15_000, 20_000).await.unwrap();
+        assert_eq!(pruned, 2, "{b}: one reading and one item");
+        assert_eq!(store.stats_since(ws, 0).await.unwrap().len(), 2, "{b}");
+        let keys: Vec<String> = store
+            .workspace_metadata(ws)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.key)
+            .collect();
+        assert_eq!(keys, vec!["new"], "{b}");
+
+        store.delete_telemetry(ws).await.unwrap();
+        assert_eq!(
+            store.telemetry_marks(ws).await.unwrap(),
+            TelemetryMarks::default(),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn telemetry_over_the_key_bound_stores_nothing() {
+    let (all, _dir) = stores("telemetry_bound").await;
+    for store in all {
+        let b = store.backend_name();
+        let ws = "demo--alice";
+        let three: Vec<MetadataRow> = ["a", "b", "c"]
+            .iter()
+            .map(|k| item_row(k, "1", 5))
+            .collect();
+        store
+            .record_telemetry(ws, None, 5_000, &three, 3)
+            .await
+            .unwrap();
+        // Rewriting the same keys never counts against the bound.
+        let rewrite: Vec<MetadataRow> = ["a", "b", "c"]
+            .iter()
+            .map(|k| item_row(k, "2", 6))
+            .collect();
+        store
+            .record_telemetry(ws, None, 5_000, &rewrite, 3)
+            .await
+            .unwrap();
+        // A fourth key is refused, and the reading sent with it is not kept either.
+        let err = store
+            .record_telemetry(
+                ws,
+                Some(&reading(9_000, 1)),
+                5_000,
+                &[item_row("d", "x", 9), item_row("a", "3", 9)],
+                3,
+            )
+            .await;
+        assert!(
+            matches!(
+                err,
+                Err(StoreError::TooMany {
+                    count: 4,
+                    max: 3,
+                    ..
+                })
+            ),
+            "{b}: {err:?}"
+        );
+        let items = store.workspace_metadata(ws).await.unwrap();
+        let values: Vec<(&str, &str)> = items
+            .iter()
+            .map(|m| (m.key.as_str(), m.value.as_str()))
+            .collect();
+        assert_eq!(values, vec![("a", "2"), ("b", "2"), ("c", "2")], "{b}");
+        assert_eq!(store.latest_stats(ws).await.unwrap(), None, "{b}");
+        // Another workspace has its own bound.
+        store
+            .record_telemetry("x--bob", None, 5_000, &three, 3)
+            .await
+            .unwrap();
+    }
+}

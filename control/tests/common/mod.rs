@@ -234,3 +234,83 @@ async fn raw_exchange(
     task.abort();
     (status, response_headers, bytes)
 }
+
+/// A Server-Sent Events stream read over its own TLS connection on 127.0.0.1.
+pub struct EventStream {
+    body: hyper::body::Incoming,
+    buffer: String,
+    _conn: tokio::task::JoinHandle<()>,
+}
+
+impl EventStream {
+    /// `GET path` with a bearer token; returns the status, and the stream if it is 200.
+    pub async fn open(url: &str, ca_pem: &str, path: &str, token: &str) -> (u16, Option<Self>) {
+        use hyper_util::rt::TokioIo;
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let tls = ferry_certs::client_config(ca_pem, &[b"http/1.1"]).unwrap();
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+            .connect(
+                rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap(),
+                tcp,
+            )
+            .await
+            .unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        let conn = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = hyper::Request::builder()
+            .uri(path)
+            .header("host", format!("127.0.0.1:{port}"))
+            .header("accept", "text/event-stream")
+            .header("authorization", format!("Bearer {token}"))
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let resp = sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return (status, None);
+        }
+        let stream = EventStream {
+            body: resp.into_body(),
+            buffer: String::new(),
+            _conn: conn,
+        };
+        (status, Some(stream))
+    }
+
+    /// The next event (name, data), skipping keep-alive comments; `None` when the
+    /// stream ended or nothing came within `timeout`.
+    pub async fn next(&mut self, timeout: std::time::Duration) -> Option<(String, String)> {
+        use http_body_util::BodyExt;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::from("message"), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                if !data.is_empty() {
+                    return Some((name, data));
+                }
+            }
+            let frame = tokio::time::timeout_at(deadline, self.body.frame())
+                .await
+                .ok()??
+                .ok()?;
+            if let Ok(bytes) = frame.into_data() {
+                self.buffer.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+    }
+}

@@ -25,6 +25,8 @@ pub struct Network {
     pub ca_pem: String,
     pub relay_addr: SocketAddr,
     pub control_url: String,
+    /// The control plane's plain-HTTP admin port (`/metrics`).
+    pub control_admin: SocketAddr,
     control_client: ControlClient,
     admin_token: String,
     control: Proc,
@@ -64,6 +66,9 @@ impl Network {
             .trim()
             .to_string();
         let control_client = ControlClient::new(&url, &ca_pem)?;
+        let control_admin: SocketAddr = field("admin_addr")?
+            .parse()
+            .context("the control plane's admin address")?;
 
         let relay_token = mint(&control_client, &admin_token, TokenKind::Relay, "idle-1").await?;
         let ready = tmp.path().join("relay.json");
@@ -97,6 +102,7 @@ impl Network {
             ca_pem,
             relay_addr,
             control_url: url,
+            control_admin,
             control_client,
             admin_token,
             control,

@@ -2,14 +2,16 @@
 //! control plane's API as an admin would, and the agents run in this process with
 //! the real agent library (`ferry-agent`: region map, QUIC link to the relay, ports
 //! and terminals served), so that sessions reach real shells and real sockets. The
-//! agents' metadata reports are sent from here with each agent's own token (the
-//! agent binary does not report metadata yet).
+//! agents report telemetry through the agent's own path (`ferry_agent::telemetry`):
+//! resource readings and two metadata items every interval, which this process times
+//! through the reporter's observer.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use ferry_agent::telemetry::{ItemSource, ItemSpec, ReportObserver};
 use ferry_agent::{Agent, AgentConfig, AgentStatus, PortPolicy, TerminalPolicy};
 use ferry_proto::api::*;
 use ferry_proto::token::TokenKind;
@@ -137,6 +139,49 @@ pub async fn delete_workspace(client: ControlClient, admin: String, label: Strin
         .with_context(|| format!("deleting {label}"))
 }
 
+/// How the fleet's agents report telemetry, and where their reports are timed.
+#[derive(Clone)]
+pub struct Telemetry {
+    pub interval: Duration,
+    /// Reports are timed into `series` while this is set (the traffic phase).
+    pub recording: Arc<AtomicBool>,
+    pub series: Series,
+}
+
+impl Telemetry {
+    /// An agent's telemetry settings: the readings and two metadata items from files
+    /// (a command each would measure this machine's fork rate, not the control plane:
+    /// at 2000 agents that is 400 processes a second).
+    fn config(&self) -> ferry_agent::TelemetryConfig {
+        let item = |key: &str, file: &str| ItemSpec {
+            key: key.into(),
+            name: None,
+            source: ItemSource::File(file.into()),
+            interval: self.interval,
+            timeout: Duration::from_secs(1),
+        };
+        let (recording, series) = (self.recording.clone(), self.series.clone());
+        ferry_agent::TelemetryConfig {
+            interval: Some(self.interval),
+            sources: ferry_agent::telemetry::Sources::system(std::env::temp_dir()),
+            items: vec![
+                item("load", "/proc/loadavg"),
+                item("kernel", "/proc/sys/kernel/osrelease"),
+            ],
+            observer: Some(ReportObserver(Arc::new(move |took, stored| {
+                if !recording.load(Ordering::Relaxed) {
+                    return;
+                }
+                if stored {
+                    series.ok(took);
+                } else {
+                    series.fail(false, "a telemetry report failed".into());
+                }
+            }))),
+        }
+    }
+}
+
 /// The running agents.
 pub struct Agents {
     tasks: JoinSet<(usize, Result<(), ferry_agent::AgentError>)>,
@@ -158,6 +203,7 @@ impl Agents {
         map_refresh: Duration,
         concurrency: usize,
         series: &Series,
+        telemetry: &Telemetry,
     ) -> Result<Agents> {
         let cancel = CancellationToken::new();
         let disconnects = Arc::new(AtomicU64::new(0));
@@ -176,6 +222,7 @@ impl Agents {
                 config.ports = PortPolicy::AnyLoopback;
                 config.terminal = TerminalPolicy::Shell("/bin/sh".into());
                 config.map_refresh = map_refresh;
+                config.telemetry = telemetry.config();
                 let agent = Agent::new(config).context("an agent's configuration")?;
                 let mut status = agent.status();
                 let started = Instant::now();
@@ -256,58 +303,4 @@ impl Agents {
         self.tasks.abort_all();
         self.watchers.abort_all();
     }
-}
-
-/// Every agent sends `items` metadata readings every `interval`, agents spread evenly
-/// over the interval, until `stop`. Each report is one API call into `series`.
-pub async fn report_metadata(
-    client: ControlClient,
-    members: Arc<Vec<Member>>,
-    interval: Duration,
-    stop: CancellationToken,
-    series: Series,
-) {
-    let mut set = JoinSet::new();
-    let n = members.len().max(1);
-    for i in 0..members.len() {
-        let (client, members, stop, series) = (
-            client.clone(),
-            members.clone(),
-            stop.clone(),
-            series.clone(),
-        );
-        set.spawn(async move {
-            let token = &members[i].agent_token;
-            let offset = interval.mul_f64(i as f64 / n as f64);
-            let mut next = tokio::time::Instant::now() + offset;
-            let mut round = 0u64;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
-                }
-                round += 1;
-                let req = AgentMetadataRequest {
-                    items: vec![
-                        MetadataItem {
-                            key: "load".into(),
-                            value: format!("{:.2}", (i as f64 * 0.37 + round as f64) % 4.0),
-                        },
-                        MetadataItem {
-                            key: "disk_used".into(),
-                            value: format!("{}%", (i + round as usize) % 100),
-                        },
-                    ],
-                };
-                let start = Instant::now();
-                let r: Result<()> = client
-                    .post("/api/v1/agents/metadata", Some(token), &req)
-                    .await
-                    .context("metadata report");
-                series.record(start.elapsed(), &r);
-                next += interval;
-            }
-        });
-    }
-    while set.join_next().await.is_some() {}
 }

@@ -6,8 +6,10 @@
 //!    admin (plus user tokens for the users who will open sessions);
 //! 2. connect: N agents (the real agent library, see `fleet.rs`), a few at a time,
 //!    then a wait until the relay and control plane are quiet again (the relay's
-//!    directory reports drained); from then on every agent reports two metadata
-//!    readings every 10 s;
+//!    directory reports drained). Every agent reports its telemetry (resource
+//!    readings and two metadata items) every 10 s through the real agent path, from
+//!    its start; the reports are timed during the traffic phase, and the control
+//!    plane's write cost for them is read from its metrics;
 //! 3. traffic: for a fixed time, at once: echo sessions, terminal sessions, app HTTP
 //!    requests and dashboard loads (see `traffic.rs`);
 //! 4. cleanup: the agents stop and every workspace is deleted.
@@ -21,6 +23,7 @@ mod fleet;
 mod print;
 mod record;
 mod traffic;
+mod write_cost;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ use crate::idle::network::Network;
 use crate::report;
 use fleet::{Agents, Member};
 use record::{Series, SeriesSummary};
+use write_cost::WriteCost;
 
 /// The published reference: agent API latency with 2000 agents.
 pub const REFERENCE_AGENTS: usize = 2000;
@@ -111,6 +115,8 @@ struct ScaleReport<'a> {
     phases: &'a [Phase],
     /// The agents' metadata reports during the traffic phase, against the reference.
     agent_api: Option<&'a SeriesSummary>,
+    /// What those reports cost the control plane (from its metrics).
+    telemetry_write_cost: Option<&'a WriteCost>,
     reference: Reference,
     verdict: &'a Verdict,
 }
@@ -311,6 +317,12 @@ async fn measure(
     eprintln!("connecting {} agents...", members.len());
     let meter = Meter::start(relay, control, ticks);
     let connects = Series::default();
+    let metadata = Series::default();
+    let telemetry = fleet::Telemetry {
+        interval: Duration::from_secs_f64(settings.metadata_interval_secs),
+        recording: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        series: metadata.clone(),
+    };
     let mut agents = Agents::start(
         &members,
         &net.control_url,
@@ -318,6 +330,7 @@ async fn measure(
         Duration::from_secs(settings.map_refresh_secs),
         settings.connect_concurrency,
         &connects,
+        &telemetry,
     )
     .await?;
     eprintln!(
@@ -366,16 +379,12 @@ async fn measure(
     let stop = CancellationToken::new();
     // Every load task (and the app server) ends with the phase, or on an early error.
     let _stop_on_exit = stop.clone().drop_guard();
-    let metadata = Series::default();
     let meter = Meter::start(relay, control, ticks);
+    let writes_before = write_cost::scrape(net.control_admin).await;
+    telemetry
+        .recording
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut load: JoinSet<()> = JoinSet::new();
-    load.spawn(fleet::report_metadata(
-        client.clone(),
-        members.clone(),
-        Duration::from_secs_f64(settings.metadata_interval_secs),
-        stop.clone(),
-        metadata.clone(),
-    ));
     let echo_server = crate::server::Server::start()?;
     let app_server = traffic::AppServer::start()?;
     let app_port = app_server.port;
@@ -456,6 +465,20 @@ async fn measure(
         }
     }
     tokio::time::sleep(Duration::from_secs(settings.traffic_secs)).await;
+    telemetry
+        .recording
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let write_cost = match (writes_before, write_cost::scrape(net.control_admin).await) {
+        (Ok(before), Ok(after)) => Some(WriteCost::between(
+            &before,
+            &after,
+            settings.traffic_secs as f64,
+        )),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("  cannot read the control plane's metrics: {e:#}");
+            None
+        }
+    };
     stop.cancel();
     let drained = tokio::time::timeout(Duration::from_secs(30), async {
         while load.join_next().await.is_some() {}
@@ -583,6 +606,9 @@ async fn measure(
     };
 
     print::tables(settings, &phases, &verdict);
+    if let Some(cost) = &write_cost {
+        print::write_cost(settings, cost);
+    }
     let agent_api = phases
         .iter()
         .flat_map(|p| &p.series)
@@ -595,6 +621,7 @@ async fn measure(
         cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
         phases: &phases,
         agent_api,
+        telemetry_write_cost: write_cost.as_ref(),
         reference: Reference {
             agents: REFERENCE_AGENTS,
             p90_ms: REFERENCE_P90_MS,

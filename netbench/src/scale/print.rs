@@ -113,3 +113,17 @@ pub(super) fn tables(settings: &Settings, phases: &[Phase], verdict: &Verdict) {
         }
     }
 }
+
+/// The control plane's cost of the agents' telemetry reports.
+pub fn write_cost(settings: &Settings, cost: &super::WriteCost) {
+    println!(
+        "telemetry write cost on the control plane ({} agents, a report every {} s each): {:.0} reports/s, {:.0} rows/s upserted; {:.2} ms in the store per report (store busy {:.1} % of wall time), {:.2} ms per request in all",
+        settings.agents,
+        settings.metadata_interval_secs,
+        cost.reports_per_sec,
+        cost.rows_per_sec,
+        cost.store_ms_mean,
+        cost.store_busy_percent,
+        cost.request_ms_mean
+    );
+}
