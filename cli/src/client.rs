@@ -643,8 +643,8 @@ pub fn parse_target(s: &str) -> Result<Target> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::SocketAddr;
     use ferry_transport::test_peer::FreezablePeer;
+    use std::net::SocketAddr;
 
     fn relay_at(name: &str, addr: SocketAddr) -> RelayInfo {
         RelayInfo {
