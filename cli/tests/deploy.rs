@@ -643,6 +643,7 @@ async fn run_chart(helm: &Path, database: Option<&str>) -> Result<()> {
         agents: Vec::new(),
         client_uid: None,
         relay_env: Vec::new(),
+        client_extra_env: Vec::new(),
         dir,
     };
     let root = net.dir.0.clone();

@@ -266,11 +266,17 @@ async fn metrics_count_real_traffic_and_the_dashboard_queries_only_exported_metr
         .get::<serde_json::Value>("/api/v1/no-such-route-demo--dev", Some(&user))
         .await;
     assert!(nope.is_err());
-    // Heartbeats come every few seconds (a long poll), so wait for the next one.
-    let control_after = wait_metric(control, "heartbeats", |s| {
+    // Heartbeats come every few seconds (a long poll), so wait for the next one; and
+    // for the agent's first telemetry report (about a second after it starts), before
+    // which the write-time histogram has no sample to export.
+    let control_after = wait_metric(control, "heartbeats and a telemetry report", |s| {
         let beats = s.sum("ferry_control_heartbeats_total", &[]);
         let before = b_control.sum("ferry_control_heartbeats_total", &[]);
-        (beats <= before).then(|| format!("{beats} heartbeats, {before} before"))
+        if beats <= before {
+            return Some(format!("{beats} heartbeats, {before} before"));
+        }
+        (!s.has("ferry_control_telemetry_write_seconds_count", &[]))
+            .then(|| "no telemetry report stored yet".to_string())
     })
     .await?;
     let regions = [

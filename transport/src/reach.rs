@@ -580,9 +580,9 @@ impl Connector {
         };
         let tcp = async { self.connect_tcp(relay, token).await };
         let refused = async {
-            match addrs.as_ref().ok().and_then(|a| a.first()) {
-                Some(a) => udp_refused(self.local_ip, *a).await,
-                None => std::future::pending().await,
+            match &addrs {
+                Ok(a) => udp_refused(self.local_ip, a).await,
+                Err(_) => std::future::pending().await,
             }
         };
         tokio::pin!(quic, tcp, refused);
@@ -654,26 +654,36 @@ impl Connector {
     }
 }
 
-/// Resolves only if UDP to `addr` is refused: one byte (no QUIC packet is that short,
-/// so a relay drops it unread) on a connected socket. A local firewall that rejects
-/// UDP fails the send (EPERM), and an ICMP rejection on the way fails the next receive
-/// (ECONNREFUSED): both far sooner than a QUIC handshake would time out.
-async fn udp_refused(local_ip: Option<IpAddr>, addr: SocketAddr) -> String {
-    let check = async {
-        let socket = tokio::net::UdpSocket::bind(crate::quic::client_bind_addr(local_ip, addr))
-            .await
-            .ok()?;
-        socket.connect(addr).await.ok()?;
-        if let Err(e) = socket.send(&[0]).await {
-            return Some(e.to_string());
+/// Resolves only if UDP to every one of `addrs` is refused: one byte (no QUIC packet
+/// is that short, so a relay drops it unread) on a connected socket to each. A local
+/// firewall that rejects UDP fails the send (EPERM), and an ICMP rejection on the way
+/// fails the next receive (ECONNREFUSED): both far sooner than a QUIC handshake would
+/// time out. One dead address of several (a relay's name with an AAAA record it does
+/// not listen on) says nothing about UDP: the race over addresses handles it.
+async fn udp_refused(local_ip: Option<IpAddr>, addrs: &[SocketAddr]) -> String {
+    let checks = addrs.iter().map(|&addr| async move {
+        let check = async {
+            let socket =
+                tokio::net::UdpSocket::bind(crate::quic::client_bind_addr(local_ip, addr))
+                    .await
+                    .ok()?;
+            socket.connect(addr).await.ok()?;
+            if let Err(e) = socket.send(&[0]).await {
+                return Some(e.to_string());
+            }
+            let mut buf = [0u8; 1];
+            socket.recv(&mut buf).await.err().map(|e| e.to_string())
+        };
+        match check.await {
+            Some(e) => format!("{addr}: {e}"),
+            None => std::future::pending().await,
         }
-        let mut buf = [0u8; 1];
-        socket.recv(&mut buf).await.err().map(|e| e.to_string())
-    };
-    match check.await {
-        Some(e) => e,
-        None => std::future::pending().await,
+    });
+    let refused = futures_util::future::join_all(checks).await;
+    if refused.is_empty() {
+        return std::future::pending().await;
     }
+    refused.join("; ")
 }
 
 /// How long a session on the tunnel waits before it tries QUIC again: 30-60 s,

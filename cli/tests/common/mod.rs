@@ -187,6 +187,9 @@ pub struct Network {
     pub client_uid: Option<u32>,
     /// Extra environment for the relays started from now on (e.g. `FERRY_DNS_SERVER`).
     pub relay_env: Vec<(String, String)>,
+    /// Extra environment for agents and client commands started from now on (e.g.
+    /// `HTTPS_PROXY`, `FERRY_DNS_SERVER`).
+    pub client_extra_env: Vec<(String, String)>,
 }
 
 impl Network {
@@ -207,6 +210,7 @@ impl Network {
             agents: Vec::new(),
             client_uid: None,
             relay_env: Vec::new(),
+            client_extra_env: Vec::new(),
         })
     }
 
@@ -523,7 +527,14 @@ impl Network {
             &self.dir.0,
             log,
             &args,
-            &[("FERRY_AGENT_TOKEN", &token)],
+            &[("FERRY_AGENT_TOKEN", token.as_str())]
+                .into_iter()
+                .chain(
+                    self.client_extra_env
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .collect::<Vec<_>>(),
             self.client_uid,
         );
         self.agents.push(child);
@@ -597,6 +608,9 @@ impl Network {
                 self.client_config_path().to_string_lossy().into_owned(),
             ),
         ]
+        .into_iter()
+        .chain(self.client_extra_env.iter().cloned())
+        .collect()
     }
 
     /// Runs `ferry tcp WORKSPACE TARGET` with `input` on stdin; returns (success, stdout, stderr).
