@@ -13,19 +13,6 @@ use ferry_proto::token::TokenKind;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Agents and clients by transport, as the relay counts them.
-async fn on_transport(relay: &Relay, role: &str, transport: &str) -> f64 {
-    scrape(relay.admin)
-        .await
-        .map(|s| {
-            s.sum(
-                "ferry_relay_connections_by_transport",
-                &[("role", role), ("transport", transport)],
-            )
-        })
-        .unwrap_or(0.0)
-}
-
 /// Polls until the relay counts `want` (or more) `role`s on `transport`.
 async fn wait_on_transport(
     relay: &Relay,

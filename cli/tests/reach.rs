@@ -9,19 +9,6 @@ use anyhow::{ensure, Context, Result};
 use common::*;
 use ferry_proto::token::TokenKind;
 
-/// Agents and clients by transport, as the relay counts them.
-async fn on_transport(relay: &Relay, role: &str, transport: &str) -> f64 {
-    scrape(relay.admin)
-        .await
-        .map(|s| {
-            s.sum(
-                "ferry_relay_connections_by_transport",
-                &[("role", role), ("transport", transport)],
-            )
-        })
-        .unwrap_or(0.0)
-}
-
 /// A port free for both UDP and TCP on 127.0.0.1 (a relay binds both).
 fn free_relay_port() -> u16 {
     for _ in 0..20 {
@@ -40,7 +27,10 @@ fn free_relay_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_advertised_by_name_is_reached_through_its_live_address() -> Result<()> {
     let dns = ferry_transport::test_dns::TestDns::start(60).await?;
-    dns.set("eu-1.ferry.test", vec!["::1".parse()?, "127.0.0.1".parse()?]);
+    dns.set(
+        "eu-1.ferry.test",
+        vec!["::1".parse()?, "127.0.0.1".parse()?],
+    );
     let mut net = Network::start("relay-by-name").await?;
     let dns_env = ("FERRY_DNS_SERVER".to_string(), dns.addr().to_string());
     net.relay_env.push(dns_env.clone());
@@ -80,7 +70,11 @@ async fn through_an_https_proxy_as_the_only_way_out_agent_cli_and_api_work() -> 
     let Some(firewall) = Firewall::new(test) else {
         return Ok(());
     };
-    if std::process::Command::new("tinyproxy").arg("-v").output().is_err() {
+    if std::process::Command::new("tinyproxy")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
         assert!(
             std::env::var_os("CI").is_none(),
             "{test}: tinyproxy is not installed, and CI must run this test"

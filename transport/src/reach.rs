@@ -663,10 +663,9 @@ impl Connector {
 async fn udp_refused(local_ip: Option<IpAddr>, addrs: &[SocketAddr]) -> String {
     let checks = addrs.iter().map(|&addr| async move {
         let check = async {
-            let socket =
-                tokio::net::UdpSocket::bind(crate::quic::client_bind_addr(local_ip, addr))
-                    .await
-                    .ok()?;
+            let socket = tokio::net::UdpSocket::bind(crate::quic::client_bind_addr(local_ip, addr))
+                .await
+                .ok()?;
             socket.connect(addr).await.ok()?;
             if let Err(e) = socket.send(&[0]).await {
                 return Some(e.to_string());

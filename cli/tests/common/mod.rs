@@ -1011,6 +1011,20 @@ pub async fn wait_for_log(path: &Path, needle: &str, timeout: Duration) -> Resul
     }
 }
 
+/// Agents and clients on `relay` by transport (`quic`, `tcp`, `websocket`), as the
+/// relay counts them; 0 when it cannot be scraped.
+pub async fn on_transport(relay: &Relay, role: &str, transport: &str) -> f64 {
+    scrape(relay.admin)
+        .await
+        .map(|s| {
+            s.sum(
+                "ferry_relay_connections_by_transport",
+                &[("role", role), ("transport", transport)],
+            )
+        })
+        .unwrap_or(0.0)
+}
+
 /// Packet-filter rules of one test (an nftables table of its own, on the output hook),
 /// removed when dropped. Rules name the test's own ports (and, for sandboxed clients,
 /// [`SANDBOX_UID`]), so concurrent tests and the rest of the machine are untouched.
