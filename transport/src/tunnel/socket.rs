@@ -59,13 +59,13 @@ fn poll_tunnels(
             continue;
         }
         bufs[n][..datagram.len()].copy_from_slice(&datagram);
-        let mut m = RecvMeta::default();
-        m.addr = source;
-        m.len = datagram.len();
-        m.stride = datagram.len();
-        m.ecn = None;
-        m.dst_ip = None;
-        meta[n] = m;
+        meta[n] = RecvMeta {
+            addr: source,
+            len: datagram.len(),
+            stride: datagram.len(),
+            ecn: None,
+            dst_ip: None,
+        };
         n += 1;
     }
     Some(n)

@@ -53,6 +53,8 @@ async fn relay() -> TestRelay {
                     let _ = ingress.serve_tls(tls, peer).await;
                     return;
                 }
+                // The handshake callback's signature is tungstenite's (a large error type).
+                #[allow(clippy::result_large_err)]
                 let answer = |_: &Request, mut resp: Response| {
                     resp.headers_mut().insert(
                         "Sec-WebSocket-Protocol",
@@ -113,6 +115,16 @@ async fn tunnel_to(relay: &TestRelay, alpns: &[&[u8]]) -> Tunnel {
     .unwrap()
 }
 
+/// A QUIC connection to the relay's endpoint through `tunnel`.
+async fn quic_through(tunnel: &Tunnel) -> quinn::Connection {
+    tunnel
+        .endpoint
+        .connect(tunnel.remote, "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap()
+}
+
 async fn echo(conn: &quinn::Connection, bytes: usize) -> Vec<u8> {
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     let data: Vec<u8> = (0..bytes).map(|i| (i * 7 % 251) as u8).collect();
@@ -139,12 +151,7 @@ async fn a_quic_connection_runs_through_either_form_of_tunnel() {
     ] {
         let tunnel = tunnel_to(&relay, alpns).await;
         assert_eq!(tunnel.kind, kind);
-        let conn = tunnel
-            .endpoint
-            .connect(tunnel.remote, "127.0.0.1")
-            .unwrap()
-            .await
-            .unwrap();
+        let conn = quic_through(&tunnel).await;
         echo(&conn, 8 << 20).await;
         assert!(
             conn.stats().path.current_mtu > 8000,
@@ -170,12 +177,7 @@ async fn the_relay_knows_a_tunnelled_peer_and_when_its_tunnel_ends() {
     let tunnel = tunnel_to(&relay, &[alpn::TUNNEL]).await;
     let accepting = relay.endpoint.clone();
     let server = tokio::spawn(async move { accepting.accept().await.unwrap().await.unwrap() });
-    let conn = tunnel
-        .endpoint
-        .connect(tunnel.remote, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = quic_through(&tunnel).await;
     let server_conn = server.await.unwrap();
     let remote = server_conn.remote_address();
     assert!(is_tunnel_addr(remote));
@@ -200,12 +202,7 @@ async fn a_broken_tunnel_ends_the_clients_connection_at_once() {
     let relay = relay().await;
     let _echo = serve_echo(relay.endpoint.clone());
     let tunnel = tunnel_to(&relay, &[alpn::TUNNEL]).await;
-    let conn = tunnel
-        .endpoint
-        .connect(tunnel.remote, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = quic_through(&tunnel).await;
     echo(&conn, 1000).await;
     let started = Instant::now();
     drop(relay);
@@ -221,12 +218,7 @@ async fn a_bad_frame_closes_only_its_own_tunnel() {
     let relay = relay().await;
     let _echo = serve_echo(relay.endpoint.clone());
     let good = tunnel_to(&relay, &[alpn::TUNNEL]).await;
-    let conn = good
-        .endpoint
-        .connect(good.remote, "127.0.0.1")
-        .unwrap()
-        .await
-        .unwrap();
+    let conn = quic_through(&good).await;
 
     let tcp = TcpStream::connect(relay.tcp).await.unwrap();
     let tls = ferry_certs::client_config(relay.ca.cert_pem(), &[alpn::TUNNEL]).unwrap();
